@@ -1,0 +1,3 @@
+from modelmora.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""Errors that ModelMora reports to people, one line each, with the fix in the message.
+
+    ModelmoraError
+    ├── ManifestError        modelmora.toml is missing, malformed or invalid
+    ├── LockError            modelmora.lock is missing, malformed or stale
+    ├── SourceError          a source cannot be resolved or fetched
+    │   ├── NotFoundError    the repository, revision or file does not exist
+    │   ├── OfflineError     offline mode and the data is not in the cache
+    │   └── UnsafeFileError  pickle weights or a path that escapes the snapshot
+    ├── IntegrityError       bytes do not match their sha256
+    ├── CacheError           the cache is in a state we cannot use
+    └── ServeError           the server cannot serve a request (carries an HTTP status)
+
+This module imports nothing else of the package, so every module may import it.
+"""
+
+from __future__ import annotations
+
+
+class ModelmoraError(Exception):
+    """A problem the user can fix; `str()` is the whole one-line message."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class ManifestError(ModelmoraError):
+    pass
+
+
+class LockError(ModelmoraError):
+    pass
+
+
+class SourceError(ModelmoraError):
+    pass
+
+
+class NotFoundError(SourceError):
+    pass
+
+
+class OfflineError(SourceError):
+    pass
+
+
+class UnsafeFileError(SourceError):
+    pass
+
+
+class IntegrityError(ModelmoraError):
+    pass
+
+
+class CacheError(ModelmoraError):
+    pass
+
+
+class ServeError(ModelmoraError):
+    """An error a request can hit; `status` is the HTTP status and `code` a stable name."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, hint: str | None = None, *, retry_after: float | None = None):
+        super().__init__(message, hint)
+        self.retry_after = retry_after
+
+
+class UnknownModelError(ServeError):
+    status = 404
+    code = "model_not_found"
+
+
+class InvalidInputError(ServeError):
+    status = 422
+    code = "invalid_input"
+
+
+class PayloadTooLargeError(ServeError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnavailableError(ServeError):
+    """The model's worker crashed, failed to load or is shutting down."""
+
+    status = 503
+    code = "model_unavailable"
+
+
+class DeadlineExceededError(ServeError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class OverloadedError(ServeError):
+    status = 429
+    code = "overloaded"
