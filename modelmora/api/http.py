@@ -1,0 +1,252 @@
+"""What every route shares: settings, per-app state, bounded JSON bodies, error shapes, API keys."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelmora.errors import InvalidInputError, PayloadTooLargeError, ServeError
+from modelmora.supervisor import Supervisor
+
+API_VERSION = "1"
+API_VERSION_HEADER = "X-ModelMora-API-Version"
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the HTTP server listens and what it accepts; model lifecycle lives in SupervisorSettings."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    log_level: str = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class AppState:
+    """What routes reach through `request.app.state.modelmora`."""
+
+    supervisor: Supervisor
+    settings: ServerSettings
+
+
+def app_state(request: Request) -> AppState:
+    """The supervisor and settings of the app serving `request`."""
+    return cast(AppState, request.app.state.modelmora)
+
+
+class FieldError(BaseModel):
+    """One invalid field: its dotted path and what is wrong with it."""
+
+    field: str
+    message: str
+
+
+class RequestValidationError(InvalidInputError):
+    """A request body or query that does not match its schema; names the first bad field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        first = errors[0]
+        where = f"{first.field}: " if first.field else ""
+        super().__init__(f"{where}{first.message}")
+        self.errors = errors
+        self.field = first.field or None
+
+    @classmethod
+    def from_pydantic(cls, error: ValidationError, prefix: str = "") -> RequestValidationError:
+        """Turn pydantic's errors into field paths like `messages.0.content`."""
+        return cls([_field_error(item, prefix) for item in error.errors(include_url=False)])
+
+
+def _field_error(item: Any, prefix: str) -> FieldError:
+    """One pydantic error; union branches (`str`, `list[str]`) stay out of the field path."""
+    parts = [str(part) for part in item["loc"] if not _is_type_tag(part)]
+    field = ".".join([prefix, *parts] if prefix and parts else parts)
+    message = item["msg"]
+    if item["type"] == "json_invalid":
+        message = f"the request body is not valid JSON ({item['ctx']['error']})"
+    elif item["type"] == "extra_forbidden":
+        message = "unknown field; check its spelling against /docs"
+    return FieldError(field=field, message=message)
+
+
+def _is_type_tag(part: str | int) -> bool:
+    """pydantic puts the tried union member (`str`, `list[str]`, `function-after[...]`) in `loc`."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool"})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing it before parsing once it passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the request body is larger than {limit} bytes", hint="send fewer or shorter inputs"
+    )
+
+
+async def read_json(request: Request, schema: type[ModelT]) -> ModelT:
+    """Read, bound and validate a JSON body; any problem becomes a 413 or 422 naming the field."""
+    body = await read_body(request, app_state(request).settings.max_body_bytes)
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError.from_pydantic(error) from None
+
+
+def read_query(request: Request, schema: type[ModelT]) -> ModelT:
+    """Validate the query string against `schema`."""
+    try:
+        return schema.model_validate(dict(request.query_params))
+    except ValidationError as error:
+        raise RequestValidationError.from_pydantic(error) from None
+
+
+class PydanticResponse(Response):
+    """JSON rendered by pydantic's serializer (faster than json.dumps for float lists)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return cast(BaseModel, content).model_dump_json().encode()
+
+
+# Error shapes: one for the native API, OpenAI's own for /v1/*.
+
+
+class NativeErrorBody(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class NativeError(BaseModel):
+    """The native API's error: `{"error": {"code", "message", "detail"}}`."""
+
+    error: NativeErrorBody
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: OpenAIErrorBody
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether `path` belongs to the OpenAI-compatible API, which has its own error shape."""
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def error_response(
+    path: str,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    detail: Any = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An error in the shape the API under `path` uses."""
+    if is_openai_path(path):
+        body: dict[str, Any] = {
+            "error": {
+                "message": message,
+                "type": _openai_type(status),
+                "param": param,
+                "code": code,
+            }
+        }
+    else:
+        body = {"error": {"code": code, "message": message, "detail": detail}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _openai_type(status: int) -> str:
+    """OpenAI's coarse error `type` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def serve_error_response(path: str, error: ServeError) -> Response:
+    """A ServeError as a response, with Retry-After on 503 and 429."""
+    headers = {}
+    if error.status in (429, 503):
+        headers["Retry-After"] = str(max(1, round(error.retry_after or 1)))
+    fields = error.errors if isinstance(error, RequestValidationError) else None
+    detail = [item.model_dump() for item in fields] if fields else error.hint
+    param = error.field if isinstance(error, RequestValidationError) else None
+    return error_response(
+        path, error.status, error.code, str(error), detail=detail, param=param, headers=headers
+    )
+
+
+async def handle_serve_error(request: Request, error: Exception) -> Response:
+    """Exception handler: a ServeError raised by a route."""
+    return serve_error_response(request.url.path, cast(ServeError, error))
+
+
+async def handle_http_exception(request: Request, error: Exception) -> Response:
+    """Exception handler: Starlette's own 404 (no such route) and 405 (wrong method)."""
+    exc = cast(HTTPException, error)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = f"{request.method} {request.url.path}: {exc.detail}; see /docs for the routes"
+    return error_response(request.url.path, exc.status_code, code, message, headers=exc.headers)
+
+
+class AuthMiddleware:
+    """Every route but /health needs `Authorization: Bearer KEY` when an API key is set."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or self._is_authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            scope["path"],
+            401,
+            "invalid_api_key",
+            "missing or wrong API key; send `Authorization: Bearer KEY`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+    def _is_authorized(self, scope: Scope) -> bool:
+        given = Headers(scope=scope).get("authorization", "").encode()
+        # Constant-time comparison so the key cannot be guessed byte by byte from timings.
+        return hmac.compare_digest(given, self.expected)

@@ -1,0 +1,425 @@
+"""The OpenAI-compatible API under /v1, close enough that the official `openai` client works."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from modelmora.api.http import (
+    FieldError,
+    OpenAIError,
+    PydanticResponse,
+    RequestValidationError,
+    app_state,
+    error_response,
+    read_json,
+)
+from modelmora.api.native import Duration, record_timing
+from modelmora.api.openapi import Endpoint, Handler
+from modelmora.errors import InvalidInputError, ServeError
+from modelmora.supervisor import ServedModel
+
+Chunk = dict[str, Any]
+
+
+class OpenAIRequest(BaseModel):
+    """Fields every /v1 request has; unknown fields are ignored, as OpenAI's clients send many."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    keep_alive: Duration | None = Field(None, description="ModelMora extension (Ollama semantics)")
+    user: str | None = None
+
+
+class EmbeddingsRequest(OpenAIRequest):
+    """`POST /v1/embeddings`; token-id inputs are not supported."""
+
+    input: str | list[str] = Field(min_length=1, max_length=2048)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingRequest(OpenAIRequest):
+    """Sampling fields shared by completions and chat completions."""
+
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Literal[1] = Field(1, description="only one choice per request")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        """The runtime's sampling options; unset ones keep the runtime's defaults."""
+        options = {
+            "max_new_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+            "seed": self.seed,
+        }
+        return {key: value for key, value in options.items() if value is not None}
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(SamplingRequest):
+    """`POST /v1/completions`: one prompt (a list of one is accepted)."""
+
+    prompt: str | list[str] = Field(min_length=1, max_length=1)
+
+    def runtime_request(self) -> dict[str, Any]:
+        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        return {"prompt": prompt, **self.sampling()}
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """A chat turn; content parts other than text are not supported."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """`POST /v1/chat/completions`."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+
+    def runtime_request(self) -> dict[str, Any]:
+        messages = [{"role": m.role, "content": m.text()} for m in self.messages]
+        sampling = self.sampling()
+        if self.max_completion_tokens is not None:
+            sampling["max_new_tokens"] = self.max_completion_tokens
+        return {"messages": messages, **sampling}
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "modelmora"
+
+
+class ModelCards(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+_STARTED = int(time.time())
+
+
+async def list_models(request: Request) -> Response:
+    """The served models, as OpenAI lists them."""
+    names = app_state(request).supervisor.names()
+    return PydanticResponse(ModelCards(data=[ModelCard(id=n, created=_STARTED) for n in names]))
+
+
+async def create_embeddings(request: Request) -> Response:
+    """Embed one text or several; `encoding_format: base64` packs little-endian float32."""
+    body = await read_json(request, EmbeddingsRequest)
+    _served(request, body.model, "embedding")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    outcome = await app_state(request).supervisor.infer(
+        body.model, {"inputs": texts, "normalize": True}, keep_alive=body.keep_alive
+    )
+    record_timing(request, outcome)
+    result = outcome.result
+    if body.dimensions is not None and body.dimensions != result["dimensions"]:
+        raise _invalid(f"this model has {result['dimensions']} dimensions", "dimensions")
+    encode = _base64 if body.encoding_format == "base64" else list
+    data = [Embedding(index=i, embedding=encode(v)) for i, v in enumerate(result["embeddings"])]
+    usage = Usage(prompt_tokens=result["prompt_tokens"], total_tokens=result["prompt_tokens"])
+    return PydanticResponse(EmbeddingsResponse(data=data, model=body.model, usage=usage))
+
+
+def _base64(vector: list[float]) -> str:
+    """OpenAI's base64 embedding: the vector as little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def create_completion(request: Request) -> Response:
+    """Complete a prompt; `stream: true` sends server-sent events ending in `data: [DONE]`."""
+    body = await read_json(request, CompletionRequest)
+    meta = _Meta("cmpl", body.model)
+    if body.stream:
+        render = _completion_chunks(meta, body.include_usage())
+        return await _stream(request, body, body.runtime_request(), render)
+    result = await _generate(request, body, body.runtime_request())
+    choice = CompletionChoice(text=result["text"], finish_reason=result["finish_reason"])
+    return PydanticResponse(
+        Completion(**meta.fields(), choices=[choice], usage=_usage(result)),
+    )
+
+
+async def create_chat_completion(request: Request) -> Response:
+    """Answer a chat with the model's chat template; `stream: true` sends server-sent events."""
+    body = await read_json(request, ChatCompletionRequest)
+    meta = _Meta("chatcmpl", body.model)
+    if body.stream:
+        render = _chat_chunks(meta, body.include_usage())
+        return await _stream(request, body, body.runtime_request(), render)
+    result = await _generate(request, body, body.runtime_request())
+    message = AssistantMessage(content=result["text"])
+    choice = ChatChoice(message=message, finish_reason=result["finish_reason"])
+    return PydanticResponse(
+        ChatCompletion(**meta.fields(), choices=[choice], usage=_usage(result)),
+    )
+
+
+class _Meta:
+    """The id, creation time and model that every object of one response repeats."""
+
+    def __init__(self, prefix: str, model: str) -> None:
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def fields(self) -> dict[str, Any]:
+        return {"id": self.id, "created": self.created, "model": self.model}
+
+
+async def _generate(request: Request, body: SamplingRequest, runtime: Chunk) -> Chunk:
+    """Run a text-generation model to the end."""
+    _served(request, body.model, "text-generation")
+    outcome = await app_state(request).supervisor.infer(
+        body.model, runtime, keep_alive=body.keep_alive
+    )
+    record_timing(request, outcome)
+    result: Chunk = outcome.result
+    return result
+
+
+def _usage(result: Chunk) -> Usage:
+    prompt, completion = result["prompt_tokens"], result["completion_tokens"]
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+Render = Callable[[Chunk], Iterable[BaseModel]]
+
+
+async def _stream(
+    request: Request, body: SamplingRequest, runtime: Chunk, render: Render
+) -> Response:
+    """Server-sent events of the model's chunks.
+
+    The first chunk is awaited before the response starts, so that an unknown model, a failed load
+    or a crash before the first token still gets its HTTP status instead of a 200 with an error.
+    """
+    _served(request, body.model, "text-generation")
+    chunks = app_state(request).supervisor.stream(body.model, runtime, keep_alive=body.keep_alive)
+    try:
+        first = await anext(chunks)
+    except BaseException:
+        await _close(chunks)
+        raise
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    events = _events(first, chunks, render, request.url.path)
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _events(
+    first: Chunk, rest: AsyncIterator[Chunk], render: Render, path: str
+) -> AsyncIterator[str]:
+    """`data: {...}` per object, an OpenAI error object if the model fails midway, then [DONE]."""
+    try:
+        for event in render(first):
+            yield f"data: {event.model_dump_json()}\n\n"
+        async for chunk in rest:
+            for event in render(chunk):
+                yield f"data: {event.model_dump_json()}\n\n"
+    except ServeError as error:
+        body = error_response(path, error.status, error.code, str(error)).body
+        yield f"data: {bytes(body).decode()}\n\n"
+    finally:
+        await _close(rest)
+    yield "data: [DONE]\n\n"
+
+
+async def _close(chunks: AsyncIterator[Chunk]) -> None:
+    """Close the supervisor's stream so that it stops generating for a client that left."""
+    if isinstance(chunks, AsyncGenerator):
+        # Shielded: a disconnect cancels this task, and closing must still reach the worker.
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()
+
+
+def _completion_chunks(meta: _Meta, include_usage: bool) -> Render:
+    """Completion chunks: the same object as the full answer, with a piece of text."""
+
+    def render(chunk: Chunk) -> list[BaseModel]:
+        choice = CompletionChoice(text=chunk["text"], finish_reason=chunk.get("finish_reason"))
+        events: list[BaseModel] = [Completion(**meta.fields(), choices=[choice])]
+        if include_usage and "finish_reason" in chunk:
+            events.append(Completion(**meta.fields(), choices=[], usage=_usage(chunk)))
+        return events
+
+    return render
+
+
+def _chat_chunks(meta: _Meta, include_usage: bool) -> Render:
+    """Chat chunks: the first delta names the role, the last carries the finish reason."""
+    first = True
+
+    def render(chunk: Chunk) -> list[BaseModel]:
+        nonlocal first
+        delta = Delta(role="assistant" if first else None, content=chunk["text"])
+        first = False
+        choice = ChunkChoice(delta=delta, finish_reason=chunk.get("finish_reason"))
+        events: list[BaseModel] = [ChatCompletionChunk(**meta.fields(), choices=[choice])]
+        if include_usage and "finish_reason" in chunk:
+            events.append(ChatCompletionChunk(**meta.fields(), choices=[], usage=_usage(chunk)))
+        return events
+
+    return render
+
+
+def _served(request: Request, name: str, task: str) -> ServedModel:
+    """The served model `name`, which must do `task` (404 or 422 otherwise)."""
+    served = app_state(request).supervisor.model(name)
+    request.state.model = name
+    if served.task != task:
+        raise _invalid(f"{name!r} is a {served.task} model; this route needs {task}", "model")
+    return served
+
+
+def _invalid(message: str, param: str) -> InvalidInputError:
+    return RequestValidationError([FieldError(field=param, message=message)])
+
+
+def _endpoint(path: str, method: Literal["GET", "POST"], handler: Handler, **schemas: Any) -> Endpoint:
+    return Endpoint(path, method, handler, tag="openai", error=OpenAIError, **schemas)
+
+
+ENDPOINTS = [
+    _endpoint("/v1/models", "GET", list_models, response=ModelCards),
+    _endpoint(
+        "/v1/embeddings",
+        "POST",
+        create_embeddings,
+        request=(EmbeddingsRequest,),
+        response=EmbeddingsResponse,
+    ),
+    _endpoint(
+        "/v1/completions",
+        "POST",
+        create_completion,
+        request=(CompletionRequest,),
+        response=Completion,
+    ),
+    _endpoint(
+        "/v1/chat/completions",
+        "POST",
+        create_chat_completion,
+        request=(ChatCompletionRequest,),
+        response=ChatCompletion,
+    ),
+]

@@ -1,0 +1,187 @@
+"""The Endpoint table that both routes and documents the API: `/openapi.json` and `/docs`."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+Handler = Callable[[Request], Awaitable[Response]]
+_PATH_PARAM = re.compile(r"{(\w+)}")
+_REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One route and what its documentation says: schemas of query, body and response."""
+
+    path: str
+    method: Literal["GET", "POST"]
+    handler: Handler
+    request: tuple[type[BaseModel], ...] = ()
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    tag: str = ""
+    media_type: str = "application/json"
+    error: type[BaseModel] | None = None
+
+    def route(self) -> Route:
+        """The Starlette route that serves this endpoint."""
+        return Route(self.path, self.handler, methods=[self.method])
+
+
+def openapi_document(
+    endpoints: Sequence[Endpoint], *, title: str, version: str, error: type[BaseModel]
+) -> dict[str, Any]:
+    """An OpenAPI 3.1 document built from the endpoints' pydantic schemas."""
+    refs, definitions = models_json_schema(_schema_models(endpoints, error), ref_template=_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        operation = _operation(endpoint, refs, error)
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {"schemas": definitions.get("$defs", {})},
+    }
+
+
+SchemaKey = tuple[type[BaseModel], JsonSchemaMode]
+
+
+def _schema_models(endpoints: Sequence[Endpoint], error: type[BaseModel]) -> list[SchemaKey]:
+    """Every model the document refers to, in the mode it is used (input or output)."""
+    keys: dict[SchemaKey, None] = {(error, "serialization"): None}
+    for endpoint in endpoints:
+        keys.update({(model, "validation"): None for model in endpoint.request})
+        if endpoint.query is not None:
+            keys[endpoint.query, "validation"] = None
+        if endpoint.response is not None:
+            keys[endpoint.response, "serialization"] = None
+        if endpoint.error is not None:
+            keys[endpoint.error, "serialization"] = None
+    return list(keys)
+
+
+def _operation(
+    endpoint: Endpoint, refs: dict[SchemaKey, dict[str, Any]], error: type[BaseModel]
+) -> dict[str, Any]:
+    """One OpenAPI operation: summary from the handler's docstring, parameters, body, responses."""
+    operation: dict[str, Any] = {
+        "summary": (endpoint.handler.__doc__ or "").strip().splitlines()[0],
+        "operationId": endpoint.handler.__name__,
+        "tags": [endpoint.tag] if endpoint.tag else [],
+        "parameters": _parameters(endpoint),
+        "responses": {
+            "200": _content(endpoint.media_type, _response_schema(endpoint, refs)),
+            "default": _content("application/json", refs[endpoint.error or error, "serialization"]),
+        },
+    }
+    if endpoint.request:
+        schemas = [refs[model, "validation"] for model in endpoint.request]
+        schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
+        operation["requestBody"] = {"required": True, **_content("application/json", schema)}
+    return operation
+
+
+def _response_schema(endpoint: Endpoint, refs: dict[SchemaKey, dict[str, Any]]) -> dict[str, Any]:
+    if endpoint.response is None:
+        return {"type": "string"}
+    return refs[endpoint.response, "serialization"]
+
+
+def _content(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": "", "content": {media_type: {"schema": schema}}}
+
+
+def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
+    """Path parameters from `{name}` in the path, query parameters from the query model."""
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(endpoint.path)
+    ]
+    if endpoint.query is not None:
+        properties = endpoint.query.model_json_schema()["properties"]
+        parameters += [
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in properties.items()
+        ]
+    return parameters
+
+
+def document_routes(document: dict[str, Any]) -> list[Route]:
+    """`GET /openapi.json` and `GET /docs`, both rendered once."""
+    spec = JSONResponse(document).body
+    page = render_docs(document).encode()
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    return [Route("/openapi.json", openapi_json), Route("/docs", docs)]
+
+
+def render_docs(document: dict[str, Any]) -> str:
+    """A self-contained HTML page of the document: no scripts, nothing fetched (works offline)."""
+    title = html.escape(f"{document['info']['title']} {document['info']['version']}")
+    operations = "".join(
+        _render_operation(path, method, operation)
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    )
+    schemas = "".join(
+        f'<h3 id="{html.escape(name)}">{html.escape(name)}</h3><pre>{_pretty(schema)}</pre>'
+        for name, schema in document["components"]["schemas"].items()
+    )
+    return _PAGE.format(title=title, operations=operations, schemas=schemas)
+
+
+def _render_operation(path: str, method: str, operation: dict[str, Any]) -> str:
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+    ok = next(iter(operation["responses"]["200"]["content"].values()))
+    rows = [("request", _links(body.get("schema", {}))), ("response", _links(ok["schema"]))]
+    params = ", ".join(f"{p['name']} ({p['in']})" for p in operation["parameters"])
+    rows.insert(0, ("parameters", html.escape(params) or "none"))
+    cells = "".join(f"<tr><th>{name}</th><td>{value or 'none'}</td></tr>" for name, value in rows)
+    return (
+        f"<h3><code>{method.upper()} {html.escape(path)}</code></h3>"
+        f"<p>{html.escape(operation['summary'])}</p><table>{cells}</table>"
+    )
+
+
+def _links(schema: dict[str, Any]) -> str:
+    """Links to the component schemas that `schema` refers to."""
+    names = re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(schema))
+    if not names and schema.get("type") == "string":
+        return "text"
+    return ", ".join(f'<a href="#{html.escape(n)}">{html.escape(n)}</a>' for n in names)
+
+
+def _pretty(schema: dict[str, Any]) -> str:
+    return html.escape(json.dumps(schema, indent=2))
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }}
+pre {{ background: #f6f8fa; padding: .75rem; overflow-x: auto; }}
+th {{ text-align: left; padding-right: 1rem; }}
+</style></head>
+<body><h1>{title}</h1><p>The machine-readable document is at <a href="/openapi.json">/openapi.json</a>.</p>
+<h2>Endpoints</h2>{operations}
+<h2>Schemas</h2>{schemas}
+</body></html>
+"""

@@ -1,0 +1,375 @@
+"""The content-addressed store: every file once under its sha256, snapshots that link to the blobs.
+
+    $MODELMORA_HOME/
+      blobs/sha256/ab/abcdef...        read-only file contents, named by their sha256
+      snapshots/SLUG/TREE/...          one folder per locked model, its files linked to blobs
+      tmp/                             partial downloads (`SHA.incomplete`, resumable), temp files
+      locks/                           file locks, so several processes can share one cache
+      projects.json                    the projects that use this cache, for `cache gc`
+
+No network here: sources hand us byte streams. A blob appears only by an atomic rename of a file
+whose sha256 was checked, and a snapshot only by an atomic rename of a finished folder, so a crash
+leaves partial downloads to resume but never a half-installed model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Protocol
+
+from filelock import FileLock
+
+from modelmora.errors import CacheError, IntegrityError, UnsafeFileError
+from modelmora.files import CHUNK, link_or_copy, replace_symlink, sha256_file, write_atomic
+from modelmora.lockfile import LockedFile, LockedModel
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def default_root() -> Path:
+    if home := os.environ.get("MODELMORA_HOME"):
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "modelmora"
+
+
+class ByteSource(Protocol):
+    """Opens a file's bytes from `offset`; yields (the offset the source honoured, chunks)."""
+
+    def __call__(
+        self, offset: int
+    ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]: ...
+
+
+OnBytes = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    sha256: str
+    path: Path
+    actual: str
+
+
+@dataclass(frozen=True)
+class GcReport:
+    blobs: int
+    snapshots: int
+    bytes_freed: int
+
+
+def check_relative(path: str) -> str:
+    """Refuse a file path that could escape the snapshot folder."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or "\\" in path or ".." in pure.parts or path.startswith("~"):
+        raise UnsafeFileError(f"refusing file path '{path}': it escapes the model folder")
+    return path
+
+
+def tree_digest(files: Iterable[LockedFile]) -> str:
+    """A digest of a file set: the same files give the same snapshot, whatever their source."""
+    lines = "".join(f"{f.path}\0{f.size}\0{f.sha256}\n" for f in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def source_slug(source: str) -> str:
+    scheme, _, rest = source.partition("://")
+    if not rest:
+        scheme, rest = "local", Path(source).name
+    rest = re.sub(r"[^A-Za-z0-9._-]+", "--", rest.split("?")[0]).strip("-.")
+    return f"{scheme}--{rest}"[:120]
+
+
+class Cache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_root()).absolute()
+
+    # --- layout ---------------------------------------------------------------------------------
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def tmp(self) -> Path:
+        return self._ensure(self.root / "tmp")
+
+    @property
+    def locks(self) -> Path:
+        return self._ensure(self.root / "locks")
+
+    def _ensure(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def blob_path(self, sha256: str) -> Path:
+        if not _SHA256.match(sha256):
+            raise CacheError(f"'{sha256}' is not a sha256 digest", "run `modelmora lock` again")
+        return self.blobs / sha256[:2] / sha256
+
+    def has_blob(self, file: LockedFile) -> bool:
+        try:
+            return self.blob_path(file.sha256).stat().st_size == file.size
+        except FileNotFoundError:
+            return False
+
+    def lock(self, name: str) -> FileLock:
+        return FileLock(str(self.locks / f"{name}.lock"))
+
+    # --- adding blobs ---------------------------------------------------------------------------
+
+    def fetch(self, file: LockedFile, source: ByteSource, on_bytes: OnBytes | None = None) -> Path:
+        """Make sure the blob for `file` exists, downloading it from `source` if it does not.
+
+        One process downloads a blob at a time (a file lock); the others wait and find it there.
+        A partial download left by a killed process is re-hashed and resumed from where it ended.
+        """
+        blob = self.blob_path(file.sha256)
+        if self.has_blob(file):
+            return blob
+        with self.lock(file.sha256):
+            if self.has_blob(file):
+                return blob
+            partial = self.tmp / f"{file.sha256}.incomplete"
+            self._download(file, source, partial, on_bytes or (lambda _: None))
+            self._publish(partial, blob)
+        return blob
+
+    def _download(
+        self, file: LockedFile, source: ByteSource, partial: Path, on_bytes: OnBytes
+    ) -> None:
+        digest, offset = _rehash_prefix(partial, file.size)
+        with source(offset) as (start, chunks), partial.open("r+b" if start else "wb") as out:
+            if start != offset:  # the source ignored our Range request: start over
+                digest, offset = hashlib.sha256(), 0
+            out.seek(offset)
+            out.truncate()
+            if offset:
+                on_bytes(offset)
+            for chunk in chunks:
+                out.write(chunk)
+                digest.update(chunk)
+                on_bytes(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        _check_digest(partial, file, digest.hexdigest())
+
+    def _publish(self, temp: Path, blob: Path) -> None:
+        temp.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, blob)
+
+    def store_stream(self, chunks: Iterable[bytes], on_bytes: OnBytes | None = None) -> LockedFile:
+        """Store bytes whose hash we do not know yet (small Hub files, URLs at lock time)."""
+        digest, size = hashlib.sha256(), 0
+        fd, name = tempfile.mkstemp(prefix="stream.", suffix=".tmp", dir=self.tmp)
+        temp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            file = LockedFile(path="", size=size, sha256=digest.hexdigest())
+            with self.lock(file.sha256):
+                if not self.has_blob(file):
+                    self._publish(temp, self.blob_path(file.sha256))
+        finally:
+            temp.unlink(missing_ok=True)
+        return file
+
+    def store_file(self, path: Path, expected: LockedFile | None = None) -> LockedFile:
+        """Copy a local file into the store (never a link: the original may change later)."""
+        with path.open("rb") as handle:
+            stored = self.store_stream(_read_chunks(handle))
+        if expected is not None and stored.sha256 != expected.sha256:
+            raise IntegrityError(
+                f"{path} changed since it was locked (sha256 {stored.sha256}, "
+                f"lock says {expected.sha256})",
+                "run `modelmora lock` to lock the new content",
+            )
+        return stored
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def snapshot_path(self, model: LockedModel) -> Path:
+        return self.snapshots / source_slug(model.source) / tree_digest(model.files)
+
+    def has_snapshot(self, model: LockedModel) -> bool:
+        return self.snapshot_path(model).is_dir()
+
+    def build_snapshot(self, model: LockedModel) -> Path:
+        """Link the model's blobs into a snapshot folder, published by one atomic rename."""
+        final = self.snapshot_path(model)
+        if final.is_dir():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock(f"snapshot-{final.name}"):
+            if final.is_dir():
+                return final
+            building = Path(tempfile.mkdtemp(prefix=f".{final.name[:12]}.", dir=final.parent))
+            try:
+                for file in model.files:
+                    self._link_into(building, file)
+                building.chmod(0o755)  # mkdtemp makes it private; snapshots are shared
+                os.rename(building, final)
+            finally:
+                shutil.rmtree(building, ignore_errors=True)
+        return final
+
+    def _link_into(self, folder: Path, file: LockedFile) -> None:
+        blob = self.blob_path(file.sha256)
+        if not self.has_blob(file):
+            raise CacheError(f"blob {file.sha256} for {file.path} is missing from the cache")
+        target = folder / check_relative(file.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(blob, target)
+
+    def relink(self, sha256: str, old_inode: tuple[int, int]) -> int:
+        """Point snapshot files that shared a replaced blob's inode at the new blob."""
+        blob, count = self.blob_path(sha256), 0
+        for path in _walk_files(self.snapshots):
+            info = path.lstat()
+            if (info.st_dev, info.st_ino) == old_inode:
+                path.unlink()
+                link_or_copy(blob, path)
+                count += 1
+        return count
+
+    # --- verify and gc --------------------------------------------------------------------------
+
+    def blob_digests(self) -> list[str]:
+        if not self.blobs.is_dir():
+            return []
+        return sorted(p.name for p in self.blobs.glob("??/*") if _SHA256.match(p.name))
+
+    def verify(self, on_blob: OnBytes | None = None) -> list[Corrupt]:
+        """Re-hash every blob, a few at a time (hashlib releases the GIL on large buffers)."""
+
+        def check(sha256: str) -> Corrupt | None:
+            path = self.blob_path(sha256)
+            actual = sha256_file(path)
+            if on_blob:
+                on_blob(path.stat().st_size)
+            return None if actual == sha256 else Corrupt(sha256, path, actual)
+
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            results = list(pool.map(check, self.blob_digests()))
+        return [result for result in results if result is not None]
+
+    def discard_blob(self, sha256: str) -> tuple[int, int]:
+        """Remove a (corrupt) blob; return its (device, inode) so snapshots can be relinked."""
+        path = self.blob_path(sha256)
+        info = path.stat()
+        path.unlink()
+        return info.st_dev, info.st_ino
+
+    def gc(self, keep_blobs: set[str], keep_snapshots: set[Path], dry_run: bool) -> GcReport:
+        blobs = [sha for sha in self.blob_digests() if sha not in keep_blobs]
+        snapshots = [s for s in self._snapshot_folders() if s not in keep_snapshots]
+        freed = sum(self.blob_path(sha).stat().st_size for sha in blobs)
+        if not dry_run:
+            for snapshot in snapshots:
+                _remove_tree(snapshot)
+            for sha in blobs:
+                self.blob_path(sha).unlink(missing_ok=True)
+        return GcReport(blobs=len(blobs), snapshots=len(snapshots), bytes_freed=freed)
+
+    def _snapshot_folders(self) -> list[Path]:
+        if not self.snapshots.is_dir():
+            return []
+        return sorted(
+            p for p in self.snapshots.glob("*/*") if p.is_dir() and not p.name.startswith(".")
+        )
+
+    # --- project registry -----------------------------------------------------------------------
+
+    def register_project(self, project: Path) -> None:
+        with self.lock("projects"):
+            projects = set(self.projects())
+            if str(project) not in projects:
+                write_atomic(self.root / "projects.json", _dump_projects(projects | {str(project)}))
+
+    def projects(self) -> list[str]:
+        try:
+            data = json.loads((self.root / "projects.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+        return sorted(str(p) for p in data.get("projects", []))
+
+    def forget_projects(self, gone: set[str]) -> None:
+        with self.lock("projects"):
+            write_atomic(self.root / "projects.json", _dump_projects(set(self.projects()) - gone))
+
+
+def link_project_model(project_root: Path, name: str, snapshot: Path) -> Path:
+    link = project_root / ".modelmora" / "models" / name
+    replace_symlink(link, snapshot)
+    return link
+
+
+def _dump_projects(projects: set[str]) -> str:
+    return json.dumps({"projects": sorted(projects)}, indent=2) + "\n"
+
+
+def _rehash_prefix(partial: Path, size: int) -> tuple[hashlib._Hash, int]:
+    digest = hashlib.sha256()
+    try:
+        with partial.open("rb") as handle:
+            offset = 0
+            for chunk in _read_chunks(handle):
+                digest.update(chunk)
+                offset += len(chunk)
+    except FileNotFoundError:
+        return digest, 0
+    if offset > size:
+        partial.unlink()
+        return hashlib.sha256(), 0
+    return digest, offset
+
+
+def _check_digest(partial: Path, file: LockedFile, actual: str) -> None:
+    received = partial.stat().st_size
+    if actual == file.sha256 and received == file.size:
+        return
+    partial.unlink(missing_ok=True)
+    raise IntegrityError(
+        f"{file.path}: sha256 mismatch: expected {file.sha256}, got {actual} ({received} bytes, "
+        f"expected {file.size})",
+        "the download was deleted; try again, or `modelmora lock --upgrade` if upstream changed",
+    )
+
+
+def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:
+    while chunk := handle.read(CHUNK):
+        yield chunk
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    for folder, _, names in os.walk(root):
+        for name in names:
+            yield Path(folder) / name
+
+
+def _remove_tree(path: Path) -> None:
+    # Snapshot files are read-only links; removing a link needs write access to its folder only.
+    shutil.rmtree(path, ignore_errors=True)

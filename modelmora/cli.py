@@ -1,0 +1,391 @@
+"""The `modelmora` command: thin Typer commands that parse, call `project`, and print with rich.
+
+Heavy modules (pydantic, huggingface_hub, the server) are imported inside the commands that need
+them, so `modelmora --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+from modelmora import __version__
+from modelmora.errors import ModelmoraError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from modelmora.project import InstallResult, ModelInfo, Progress, Project
+
+app = typer.Typer(
+    name="modelmora",
+    help="Pin, cache and serve machine-learning models on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cache_app = typer.Typer(help="Inspect and maintain the shared model cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@dataclass
+class Options:
+    project: Path | None = None
+    quiet: bool = False
+    debug: bool = False
+
+
+options = Options()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"modelmora {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    project: Path | None = typer.Option(
+        None,
+        "--project",
+        "-p",
+        help="Project folder (default: nearest with a modelmora.toml).",
+        envvar="MODELMORA_PROJECT",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
+) -> None:
+    options.project, options.quiet, options.debug = project, quiet, debug
+
+
+# --- output helpers -----------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def say(message: str) -> None:
+    if not options.quiet:
+        _console().print(message)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def _project() -> Project:
+    from modelmora.project import find_project
+
+    return find_project(options.project)
+
+
+@contextmanager
+def _progress(enabled: bool = True) -> Iterator[Progress]:
+    from modelmora.progress import PlainProgress, RichProgress, SilentProgress
+
+    if options.quiet or not enabled:
+        yield SilentProgress()
+    elif sys.stderr.isatty():
+        with RichProgress(_console(stderr=True)) as progress:
+            yield progress
+    else:
+        yield PlainProgress(lambda line: print(line, file=sys.stderr))
+
+
+# --- project commands ---------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(Path("."), help="Where to create modelmora.toml."),
+    name: str | None = typer.Option(None, help="Project name (default: the folder's name)."),
+) -> None:
+    """Create a modelmora.toml in FOLDER."""
+    from modelmora import project
+
+    created = project.init(folder, name)
+    say(f"Created [bold]{created.manifest_path}[/]; next: `modelmora add hf://ORG/REPO`")
+
+
+@app.command()
+def add(
+    source: str = typer.Argument(
+        help="hf://ORG/REPO[@REV], https://URL, pkg://MODULE/PATH or a folder."
+    ),
+    name: str | None = typer.Option(None, help="Name for the model (default: from the source)."),
+    task: str | None = typer.Option(None, help="embedding, text-generation, text-classification."),
+    revision: str | None = typer.Option(None, help="Branch, tag or commit (Hub sources)."),
+    include: list[str] | None = typer.Option(None, help="Glob of files to take; repeatable."),
+    offline: bool = typer.Option(False, help="Work from the cache only."),
+) -> None:
+    """Add a model to the manifest, then lock and install it."""
+    from modelmora import project
+
+    with _progress() as progress:
+        result = project.add(
+            _project(),
+            source,
+            name=name,
+            task=task,
+            revision=revision,
+            include=include or None,
+            offline=offline,
+            progress=progress,
+        )
+    locked = result.locked
+    say(
+        f"Added [bold]{result.name}[/] ({locked.task}) at {locked.commit[:12]}: "
+        f"{len(locked.files)} files, {human_size(locked.size)}"
+    )
+
+
+@app.command()
+def remove(name: str = typer.Argument(help="The model to remove.")) -> None:
+    """Remove a model from the manifest and the lock."""
+    from modelmora import project
+
+    project.remove(_project(), name)
+    say(f"Removed [bold]{name}[/]; `modelmora cache gc` frees its files if nothing else uses them")
+
+
+@app.command()
+def lock(
+    names: list[str] | None = typer.Argument(None, help="Models to upgrade (with --upgrade)."),
+    upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Re-resolve moving revisions."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 if the lock is out of date."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
+    offline: bool = typer.Option(False, help="Resolve from local sources only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Resolve the manifest to exact commits and file hashes in modelmora.lock."""
+    from modelmora import project
+
+    current = _project()
+    if check:
+        project.check_lock(current)
+        return say("modelmora.lock is up to date")
+    if names and not upgrade:
+        raise ModelmoraError("naming models needs --upgrade", "run `modelmora lock --upgrade NAME`")
+    result = project.lock(current, upgrade=names or upgrade, dry_run=dry_run, offline=offline)
+    if as_json:
+        return emit_json({"written": result.written, "changes": [vars(c) for c in result.changes]})
+    _print_lock(result.changes, dry_run, result.written)
+
+
+def _print_lock(changes: Any, dry_run: bool, written: bool) -> None:
+    for change in changes:
+        if change.kind == "updated":
+            say(
+                f"  [yellow]~[/] {change.name} {change.old_commit[:12]} -> {change.new_commit[:12]}"
+            )
+        elif change.kind == "added":
+            say(f"  [green]+[/] {change.name} {change.new_commit[:12]}")
+        elif change.kind == "removed":
+            say(f"  [red]-[/] {change.name}")
+    changed = sum(change.kind != "unchanged" for change in changes)
+    if dry_run:
+        say(f"Would change {changed} of {len(changes)} models (dry run, nothing written)")
+    else:
+        state = "written" if written else "unchanged"
+        say(f"Locked {len(changes)} models ({changed} changed); modelmora.lock {state}")
+
+
+@app.command()
+def install(
+    frozen: bool = typer.Option(False, "--frozen", help="Install the lock as is; never change it."),
+    locked: bool = typer.Option(False, "--locked", help="Fail if the lock is out of date."),
+    offline: bool = typer.Option(False, help="Use only the cache; fail on a missing file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Make the project's models match the lock exactly."""
+    from modelmora import project
+
+    if frozen and locked:
+        raise typer.BadParameter("use either --frozen or --locked, not both")
+    mode = "frozen" if frozen else "locked" if locked else "sync"
+    with _progress(not as_json) as progress:
+        result = project.install(_project(), mode=mode, offline=offline, progress=progress)
+    if as_json:
+        return emit_json(vars(result))
+    _print_install(result)
+
+
+def _print_install(result: InstallResult) -> None:
+    fetched = f"downloaded {result.files_downloaded} files ({human_size(result.bytes_downloaded)})"
+    say(f"Installed {len(result.models)} models: {fetched}, {result.files_cached} already cached")
+    for name in result.removed:
+        say(f"  [red]-[/] {name} (no longer in the lock)")
+
+
+@app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List the project's models and whether they are locked and installed."""
+    from modelmora import project
+
+    infos = project.list_models(_project())
+    if as_json:
+        return emit_json([_info_json(info, files=False) for info in infos])
+    if not infos:
+        return say("No models yet; add one with `modelmora add hf://ORG/REPO`")
+    _print_table(infos)
+
+
+def _print_table(infos: list[ModelInfo]) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "task", "source", "commit", "size", "status"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for info in infos:
+        status = "installed" if info.installed else "locked" if info.commit else "not locked"
+        color = "green" if info.installed else "yellow"
+        table.add_row(
+            info.name,
+            info.task,
+            info.source,
+            (info.commit or "-")[:12],
+            human_size(info.size) if info.commit else "-",
+            f"[{color}]{status}[/]",
+        )
+    _console().print(table)
+
+
+def _info_json(info: ModelInfo, files: bool) -> dict[str, Any]:
+    data = {
+        "name": info.name,
+        "task": info.task,
+        "source": info.source,
+        "revision": info.revision,
+        "commit": info.commit,
+        "size": info.size,
+        "installed": info.installed,
+        "path": str(info.path.resolve()) if info.path else None,
+    }
+    if files:
+        data["files"] = [vars(file) for file in info.files]
+    return data
+
+
+@app.command()
+def show(
+    name: str = typer.Argument(help="The model to describe."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show a model's source, commit, files and where it is installed."""
+    from modelmora import project
+
+    info = project.show(_project(), name)
+    if as_json:
+        return emit_json(_info_json(info, files=True))
+    data = _info_json(info, files=False)
+    for key, value in data.items():
+        say(f"[bold]{key:>9}[/]  {human_size(value) if key == 'size' else value}")
+    for file in info.files:
+        say(f"           {file.path}  {human_size(file.size)}  sha256:{file.sha256[:16]}")
+
+
+@app.command()
+def path(name: str = typer.Argument(help="The model whose folder to print.")) -> None:
+    """Print the folder a model is installed in (loadable with from_pretrained)."""
+    from modelmora import project
+
+    print(project.model_path(_project(), name))
+
+
+# --- cache commands -----------------------------------------------------------------------------
+
+
+@cache_app.command("dir")
+def cache_dir() -> None:
+    """Print the cache folder ($MODELMORA_HOME)."""
+    from modelmora.cache import default_root
+
+    print(default_root().absolute())
+
+
+@cache_app.command()
+def verify(
+    repair: bool = typer.Option(False, "--repair", help="Fetch corrupt files again."),
+    offline: bool = typer.Option(False, help="Repair from local sources only."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Re-hash every file in the cache and report (or repair) corrupt ones."""
+    from modelmora.cache import Cache
+    from modelmora.project import verify_cache
+
+    result = verify_cache(Cache(), repair=repair, offline=offline)
+    if as_json:
+        return emit_json(vars(result))
+    say(f"Checked {result.blobs} files ({human_size(result.bytes_checked)})")
+    for sha in result.corrupt:
+        fixed = " (repaired)" if sha in result.repaired else ""
+        _console(stderr=True).print(f"[red]corrupt[/] sha256:{sha}{fixed}")
+    if set(result.corrupt) - set(result.repaired):
+        hint = "run `modelmora cache verify --repair`" if not repair else "see the files above"
+        raise ModelmoraError(f"{len(result.corrupt) - len(result.repaired)} corrupt files", hint)
+
+
+@cache_app.command()
+def gc(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Remove files no known project's lock uses."""
+    from modelmora.cache import Cache
+    from modelmora.project import gc_cache
+
+    report = gc_cache(Cache(), dry_run=dry_run)
+    if as_json:
+        return emit_json({**vars(report), "dry_run": dry_run})
+    verb = "Would free" if dry_run else "Freed"
+    say(
+        f"{verb} {human_size(report.bytes_freed)}: {report.blobs} files, {report.snapshots} snapshots"
+    )
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def fail(error: BaseException) -> NoReturn:
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}")
+    raise SystemExit(1)
+
+
+def main() -> None:
+    import click
+
+    try:
+        app(prog_name="modelmora", standalone_mode=False)
+    except ModelmoraError as error:
+        if options.debug:
+            raise
+        fail(error)
+    except click.exceptions.ClickException as error:
+        error.show()
+        raise SystemExit(error.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

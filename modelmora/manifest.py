@@ -1,0 +1,294 @@
+"""Read, validate and edit `modelmora.toml`, the project manifest people write.
+
+Reading goes through tomllib and pydantic; editing goes through tomlkit so that comments, order and
+formatting survive `modelmora add` and `modelmora remove`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelmora.errors import ManifestError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+MANIFEST_NAME = "modelmora.toml"
+BUILTIN_TASKS = ("embedding", "text-classification", "text-generation")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DEFAULT_INCLUDE = ("*.json", "*.txt", "*.safetensors", "*.model", "*.tiktoken", "*.jinja")
+SOURCE_SCHEMES = ("hf://", "https://", "http://", "file://", "pkg://")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def known_tasks() -> tuple[str, ...]:
+    """Built-in tasks plus those that installed plugins register as `modelmora.runtimes`."""
+    from importlib.metadata import entry_points
+
+    plugins = tuple(ep.name for ep in entry_points(group="modelmora.runtimes"))
+    return BUILTIN_TASKS + tuple(sorted(set(plugins) - set(BUILTIN_TASKS)))
+
+
+class ModelSpec(BaseModel):
+    """One `[models.NAME]` table: where a model comes from and how it is served."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    source: str
+    revision: str | None = None
+    task: str
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    allow_pickle: bool = False
+    # Serving settings: they never make the lock stale.
+    device: str = "auto"
+    dtype: str = "auto"
+    preload: bool = False
+    keep_alive: str | float | None = None
+    threads: int | None = Field(default=None, ge=1)
+    runtime: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "source is empty; write hf://ORG/REPO, https://..., pkg://... or a path"
+            )
+        if "://" in value and not value.startswith(SOURCE_SCHEMES):
+            scheme = value.split("://", 1)[0]
+            raise ValueError(f"unknown source scheme '{scheme}://'; use one of {_schemes()}")
+        return value
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _check_patterns(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in value or ():
+            if pattern.startswith("/") or ".." in pattern.split("/"):
+                raise ValueError(f"pattern '{pattern}' must be relative to the model folder")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"unknown device '{value}'; use auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, value: str) -> str:
+        dtypes = ("auto", "float32", "float16", "bfloat16")
+        if value not in dtypes:
+            raise ValueError(f"unknown dtype '{value}'; use one of {', '.join(dtypes)}")
+        return value
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The include patterns in effect: the manifest's, or the default (weights, configs)."""
+        return self.include if self.include is not None else DEFAULT_INCLUDE
+
+    def lock_inputs(self) -> dict[str, Any]:
+        """The fields that decide what gets locked; a change to any of them makes the lock stale."""
+        return {
+            "source": self.source,
+            "revision": self.revision or ("main" if self.source.startswith("hf://") else ""),
+            "task": self.task,
+            "include": list(self.patterns),
+            "exclude": list(self.exclude),
+            "allow_pickle": self.allow_pickle,
+        }
+
+
+class ProjectTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+
+
+class ManifestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: ProjectTable
+    serve: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    name: str
+    models: Mapping[str, ModelSpec]
+    serve: Mapping[str, Any]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+
+def _schemes() -> str:
+    return ", ".join(SOURCE_SCHEMES)
+
+
+def load(path: Path) -> Manifest:
+    """Read and validate a manifest; every error names the file, the key and the fix."""
+    data = _read_toml(path)
+    data = expand_variables(data, path.name)
+    return validate(data, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ManifestError(
+            f"no {path.name} in {path.parent}", "run `modelmora init` to create one"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ManifestError(f"{path.name}: invalid TOML: {error}") from None
+
+
+def validate(data: dict[str, Any], path: Path) -> Manifest:
+    try:
+        table = ManifestModel.model_validate(data)
+    except ValidationError as error:
+        raise ManifestError(_describe(error, path.name)) from None
+    models = {name: _validate_model(name, spec, path.name) for name, spec in table.models.items()}
+    return Manifest(path=path, name=table.project.name, models=models, serve=table.serve)
+
+
+def _validate_model(name: str, table: dict[str, Any], filename: str) -> ModelSpec:
+    where = f"{filename}: models.{name}"
+    if not _NAME.match(name):
+        raise ManifestError(f"{where}: invalid model name; use letters, digits, '.', '_' and '-'")
+    source, revision = split_revision(str(table.get("source", "")))
+    if revision and table.get("revision") and table["revision"] != revision:
+        raise ManifestError(
+            f"{where}: source says @{revision} but revision says {table['revision']}"
+        )
+    table = {**table, "source": source, "revision": table.get("revision") or revision or None}
+    try:
+        spec = ModelSpec.model_validate({**table, "name": name})
+    except ValidationError as error:
+        raise ManifestError(_describe(error, f"{filename}: models.{name}", sep=".")) from None
+    if spec.runtime is None and spec.task not in known_tasks():
+        raise ManifestError(f"{where}.task: {_unknown_task_message(spec.task)}")
+    _check_pickle_patterns(spec, where)
+    return spec
+
+
+def _unknown_task_message(task: str) -> str:
+    tasks = known_tasks()
+    close = difflib.get_close_matches(task, tasks, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(tasks)}"
+    return f"unknown task '{task}'; {hint}"
+
+
+def _check_pickle_patterns(spec: ModelSpec, where: str) -> None:
+    if spec.allow_pickle:
+        return
+    for pattern in spec.patterns:
+        if pattern.endswith(PICKLE_SUFFIXES):
+            raise ManifestError(
+                f"{where}.include: '{pattern}' selects pickle weights, which can run code",
+                "prefer *.safetensors, or set allow_pickle = true if you trust this model",
+            )
+
+
+def split_revision(source: str) -> tuple[str, str | None]:
+    """`hf://org/repo@v1` -> (`hf://org/repo`, `v1`); other sources have no revision suffix."""
+    if source.startswith("hf://") and "@" in source:
+        base, revision = source.rsplit("@", 1)
+        return base, revision
+    return source, None
+
+
+def _describe(error: ValidationError, where: str, sep: str = ": ") -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key; check its spelling (see docs/manifest.md for the keys)"
+    elif first["type"] == "missing":
+        message = "missing; add it"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"{where}{sep}{location}: {message}" if location else f"{where}: {message}"
+
+
+def expand_variables(data: Any, filename: str, key: str = "") -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string value; `$$` is a literal `$`."""
+    if isinstance(data, dict):
+        return {
+            k: expand_variables(v, filename, f"{key}.{k}" if key else k) for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [expand_variables(item, filename, key) for item in data]
+    if isinstance(data, str):
+        return _VARIABLE.sub(lambda match: _expand(match, filename, key), data)
+    return data
+
+
+def _expand(match: re.Match[str], filename: str, key: str) -> str:
+    if match.group(0) == "$$":
+        return "$"
+    name, default = match.group(1), match.group(2)
+    value = os.environ.get(name)
+    if value is not None:
+        return value
+    if default is not None:
+        return default
+    raise ManifestError(
+        f"{filename}: {key}: environment variable '{name}' is not set",
+        f"set it, or write ${{{name}:-default}} to give a default",
+    )
+
+
+# --- editing, with comments preserved -----------------------------------------------------------
+
+
+def render_new(project_name: str, template: str) -> str:
+    return template.replace("{{name}}", project_name)
+
+
+def add_model(text: str, name: str, table: Mapping[str, Any]) -> str:
+    """The manifest text with `[models.NAME]` added or replaced and everything else untouched."""
+    import tomlkit
+
+    document = tomlkit.parse(text)
+    models = document.get("models")
+    if models is None:
+        models = tomlkit.table(is_super_table=True)
+        document["models"] = models
+    entry = tomlkit.table()
+    for key, value in table.items():
+        if value is not None:
+            entry[key] = list(value) if isinstance(value, tuple) else value
+    models[name] = entry
+    return tomlkit.dumps(document)
+
+
+def remove_model(text: str, name: str) -> str:
+    import tomlkit
+
+    document = tomlkit.parse(text)
+    models = document.get("models")
+    if models is None or name not in models:
+        raise ManifestError(f"no model named '{name}' in {MANIFEST_NAME}", "see `modelmora list`")
+    del models[name]
+    return tomlkit.dumps(document)

@@ -1,0 +1,517 @@
+"""The package manager's use cases as plain functions: init, add, remove, lock, install, list.
+
+No printing here: progress goes to a callback object and results come back as records, so the CLI,
+the server and tests drive the same code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from modelmora import lockfile, manifest, sources
+from modelmora.cache import Cache, GcReport, link_project_model
+from modelmora.errors import LockError, ManifestError, ModelmoraError
+from modelmora.files import write_atomic, write_if_changed
+from modelmora.lockfile import Lock, LockedFile, LockedModel
+from modelmora.manifest import MANIFEST_NAME, Manifest, ModelSpec
+from modelmora.progress import SilentProgress
+
+MAX_CONNECTIONS = 8
+InstallMode = Literal["sync", "locked", "frozen"]
+
+
+class Progress(Protocol):
+    """Receives download progress; every method may be called from several threads."""
+
+    def begin(self, files: int, total_bytes: int) -> None: ...
+    def start(self, key: str, label: str, size: int) -> None: ...
+    def advance(self, key: str, count: int) -> None: ...
+    def finish(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / lockfile.LOCK_NAME
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / ".modelmora" / "models"
+
+    def manifest(self) -> Manifest:
+        return manifest.load(self.manifest_path)
+
+    def lock(self) -> Lock:
+        return lockfile.read(self.lock_path)
+
+    def lock_or_empty(self) -> Lock:
+        return self.lock() if self.lock_path.exists() else Lock()
+
+
+def find_project(start: Path | None = None) -> Project:
+    """The nearest folder at or above `start` that holds a modelmora.toml."""
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / MANIFEST_NAME).is_file():
+            return Project(folder)
+    raise ManifestError(f"no {MANIFEST_NAME} in {here} or above", "run `modelmora init` first")
+
+
+# --- init, add, remove --------------------------------------------------------------------------
+
+
+def init(root: Path, name: str | None = None) -> Project:
+    project = Project(root.absolute())
+    if project.manifest_path.exists():
+        raise ManifestError(
+            f"{project.manifest_path} already exists", "edit it, or `modelmora add` models"
+        )
+    project_name = name or _slug(project.root.name) or "models"
+    root.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        project.manifest_path, manifest.render_new(project_name, _template("modelmora.toml"))
+    )
+    gitignore = project.root / ".gitignore"
+    if not gitignore.exists():
+        write_atomic(gitignore, ".modelmora/\n")
+    return project
+
+
+def _template(name: str) -> str:
+    packaged = Path(__file__).parent / "templates" / name
+    source_tree = Path(__file__).parent.parent / "templates" / name
+    return (packaged if packaged.exists() else source_tree).read_text()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+
+
+def default_name(source: str) -> str:
+    base = manifest.split_revision(source)[0].rstrip("/")
+    return _slug(base.rsplit("/", 1)[-1].removesuffix(".git")) or "model"
+
+
+@dataclass(frozen=True)
+class AddResult:
+    name: str
+    locked: LockedModel
+    install: InstallResult
+
+
+def add(
+    project: Project,
+    source: str,
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    revision: str | None = None,
+    include: Sequence[str] | None = None,
+    offline: bool = False,
+    progress: Progress | None = None,
+) -> AddResult:
+    """Add a model to the manifest, lock and install it; on any error nothing is written."""
+    cache = Cache()
+    name = name or default_name(source)
+    task = task or _guess_task(project, source, revision, offline)
+    table = {"source": source, "revision": revision, "task": task, "include": include}
+    text = manifest.add_model(project.manifest_path.read_text(), name, table)
+    staged = manifest.validate(
+        manifest.expand_variables(_parse(text), MANIFEST_NAME), project.manifest_path
+    )
+    lock = _relock(project, staged, project.lock_or_empty(), cache, set(), offline)
+    result = _install(project, lock, cache, offline, progress or SilentProgress())
+    write_atomic(project.manifest_path, text)
+    write_if_changed(project.lock_path, lockfile.dumps(lock))
+    return AddResult(name=name, locked=lock.models[name], install=result)
+
+
+def _parse(text: str) -> dict[str, object]:
+    from modelmora.manifest import tomllib
+
+    return tomllib.loads(text)
+
+
+def _guess_task(project: Project, source: str, revision: str | None, offline: bool) -> str:
+    """Ask the source what the model is for, so `add` needs no --task for the common cases."""
+    guessed = sources.guess_task(source, revision, project.root, offline)
+    if guessed is None:
+        raise ManifestError(
+            f"cannot tell what task '{source}' is for",
+            "pass --task embedding, text-generation or text-classification",
+        )
+    return guessed
+
+
+def remove(project: Project, name: str) -> None:
+    text = manifest.remove_model(project.manifest_path.read_text(), name)
+    lock = project.lock_or_empty()
+    remaining = [model for key, model in lock.models.items() if key != name]
+    write_atomic(project.manifest_path, text)
+    write_if_changed(project.lock_path, lockfile.dumps(lock.with_models(remaining)))
+    (project.models_dir / name).unlink(missing_ok=True)
+
+
+# --- lock ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockChange:
+    name: str
+    kind: Literal["added", "removed", "updated", "unchanged"]
+    old_commit: str | None
+    new_commit: str | None
+
+
+@dataclass(frozen=True)
+class LockResult:
+    lock: Lock
+    changes: tuple[LockChange, ...]
+    written: bool
+
+    @property
+    def changed(self) -> bool:
+        return any(change.kind != "unchanged" for change in self.changes)
+
+
+def lock(
+    project: Project,
+    *,
+    upgrade: Iterable[str] | bool = False,
+    dry_run: bool = False,
+    offline: bool = False,
+) -> LockResult:
+    """Resolve what changed in the manifest (and what `upgrade` names); keep the rest as locked."""
+    current = project.manifest()
+    old = project.lock_or_empty()
+    names = set(current.models) if upgrade is True else set(upgrade or ())
+    unknown = names - set(current.models)
+    if unknown:
+        raise ManifestError(
+            f"no model named '{sorted(unknown)[0]}' in {MANIFEST_NAME}", "see `modelmora list`"
+        )
+    new = _relock(project, current, old, Cache(), names, offline)
+    written = False if dry_run else write_if_changed(project.lock_path, lockfile.dumps(new))
+    return LockResult(lock=new, changes=tuple(_diff(old, new)), written=written)
+
+
+def check_lock(project: Project) -> Lock:
+    """The lock, if it is fresh against the manifest; else a LockError naming what changed."""
+    lock = project.lock()
+    lockfile.check_fresh(project.manifest(), lock)
+    return lock
+
+
+def _relock(
+    project: Project, current: Manifest, old: Lock, cache: Cache, upgrade: set[str], offline: bool
+) -> Lock:
+    models = []
+    for name, spec in current.models.items():
+        locked = old.models.get(name)
+        if locked and name not in upgrade and locked.inputs() == spec.lock_inputs():
+            models.append(locked)
+        else:
+            models.append(_lock_model(project, spec, cache, offline))
+    return Lock().with_models(models)
+
+
+def _lock_model(project: Project, spec: ModelSpec, cache: Cache, offline: bool) -> LockedModel:
+    resolved = sources.resolve(spec, project.root, cache, offline)
+    inputs = spec.lock_inputs()
+    return LockedModel(
+        name=spec.name,
+        source=spec.source,
+        revision=inputs["revision"],
+        task=spec.task,
+        commit=resolved.commit,
+        files=tuple(sorted(resolved.files)),
+        include=tuple(inputs["include"]),
+        exclude=tuple(inputs["exclude"]),
+        allow_pickle=spec.allow_pickle,
+    )
+
+
+def _diff(old: Lock, new: Lock) -> list[LockChange]:
+    changes = []
+    for name in sorted(set(old.models) | set(new.models)):
+        before, after = old.models.get(name), new.models.get(name)
+        kind: Literal["added", "removed", "updated", "unchanged"]
+        if before is None:
+            kind = "added"
+        elif after is None:
+            kind = "removed"
+        else:
+            kind = "unchanged" if before == after else "updated"
+        changes.append(LockChange(name, kind, before and before.commit, after and after.commit))
+    return changes
+
+
+# --- install ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    models: tuple[str, ...]
+    files_downloaded: int
+    bytes_downloaded: int
+    files_cached: int
+    removed: tuple[str, ...] = field(default_factory=tuple)
+
+
+def install(
+    project: Project,
+    *,
+    mode: InstallMode = "sync",
+    offline: bool = False,
+    progress: Progress | None = None,
+) -> InstallResult:
+    """Make the project's models match the lock exactly, downloading only what the cache lacks.
+
+    sync: lock first if the manifest changed. locked: fail if the lock is stale. frozen: install
+    the lock as it is, without reading the manifest.
+    """
+    if mode == "frozen":
+        current = project.lock()
+    elif mode == "locked":
+        current = check_lock(project)
+    else:
+        current = lock(project, offline=offline).lock
+    return _install(project, current, Cache(), offline, progress or SilentProgress())
+
+
+def _install(
+    project: Project, lock: Lock, cache: Cache, offline: bool, progress: Progress
+) -> InstallResult:
+    missing = _missing_files(lock, cache)
+    progress.begin(len(missing), sum(file.size for _, file in missing))
+    _download_all(project, cache, missing, offline, progress)
+    for model in lock.models.values():
+        link_project_model(project.root, model.name, cache.build_snapshot(model))
+    removed = _remove_stale_links(project, set(lock.models))
+    cache.register_project(project.root)
+    cached = len({f.sha256 for m in lock.models.values() for f in m.files}) - len(missing)
+    return InstallResult(
+        models=tuple(sorted(lock.models)),
+        files_downloaded=len(missing),
+        bytes_downloaded=sum(file.size for _, file in missing),
+        files_cached=cached,
+        removed=removed,
+    )
+
+
+def _missing_files(lock: Lock, cache: Cache) -> list[tuple[LockedModel, LockedFile]]:
+    """One (model, file) per blob the cache lacks: a file shared by models is fetched once."""
+    seen: dict[str, tuple[LockedModel, LockedFile]] = {}
+    for model in lock.models.values():
+        for file in model.files:
+            if file.sha256 not in seen and not cache.has_blob(file):
+                seen[file.sha256] = (model, file)
+    return list(seen.values())
+
+
+def _download_all(
+    project: Project,
+    cache: Cache,
+    missing: Sequence[tuple[LockedModel, LockedFile]],
+    offline: bool,
+    progress: Progress,
+) -> None:
+    def fetch(item: tuple[LockedModel, LockedFile]) -> None:
+        model, file = item
+        source = sources.byte_source(model, file, project.root, offline)
+        progress.start(file.sha256, f"{model.name}/{file.path}", file.size)
+        cache.fetch(file, source, lambda count: progress.advance(file.sha256, count))
+        progress.finish(file.sha256)
+
+    # Largest first, so the long downloads start early and the connections stay busy.
+    ordered = sorted(missing, key=lambda item: -item[1].size)
+    with ThreadPoolExecutor(max_workers=MAX_CONNECTIONS) as pool:
+        for future in [pool.submit(fetch, item) for item in ordered]:
+            future.result()
+
+
+def _remove_stale_links(project: Project, keep: set[str]) -> tuple[str, ...]:
+    if not project.models_dir.is_dir():
+        return ()
+    stale = sorted(
+        p.name
+        for p in project.models_dir.iterdir()
+        if p.name not in keep and not p.name.startswith(".")
+    )
+    for name in stale:
+        (project.models_dir / name).unlink(missing_ok=True)
+    return tuple(stale)
+
+
+# --- list, show, path ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: str
+    source: str
+    revision: str
+    commit: str | None
+    size: int
+    files: tuple[LockedFile, ...]
+    installed: bool
+    path: Path | None
+
+
+def list_models(project: Project) -> list[ModelInfo]:
+    """Every model in the manifest, with what the lock and the cache know of it."""
+    current, lock, cache = project.manifest(), project.lock_or_empty(), Cache()
+    return [
+        _info(spec, lock.models.get(name), project, cache) for name, spec in current.models.items()
+    ]
+
+
+def show(project: Project, name: str) -> ModelInfo:
+    for info in list_models(project):
+        if info.name == name:
+            return info
+    raise ManifestError(f"no model named '{name}' in {MANIFEST_NAME}", "see `modelmora list`")
+
+
+def _info(spec: ModelSpec, locked: LockedModel | None, project: Project, cache: Cache) -> ModelInfo:
+    fresh = locked is not None and locked.inputs() == spec.lock_inputs()
+    link = project.models_dir / spec.name
+    installed = fresh and locked is not None and link.resolve() == cache.snapshot_path(locked)
+    return ModelInfo(
+        name=spec.name,
+        task=spec.task,
+        source=spec.source,
+        revision=spec.revision or "",
+        commit=locked.commit if fresh and locked else None,
+        size=locked.size if fresh and locked else 0,
+        files=locked.files if fresh and locked else (),
+        installed=installed,
+        path=link if installed else None,
+    )
+
+
+def model_path(project: Project, name: str) -> Path:
+    info = show(project, name)
+    if info.path is None:
+        raise LockError(f"model '{name}' is not installed", "run `modelmora install`")
+    return info.path.resolve()
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """What the server needs of a model: its manifest entry, its lock entry and its folder."""
+
+    spec: ModelSpec
+    locked: LockedModel
+    path: Path
+
+
+def installed_models(
+    project: Project, *, frozen: bool = False, offline: bool = False
+) -> list[InstalledModel]:
+    """Make sure the lock is fresh and every model installed (like `uv run`), then list them."""
+    install(project, mode="locked" if frozen else "sync", offline=offline)
+    current, lock, cache = project.manifest(), project.lock(), Cache()
+    return [
+        InstalledModel(spec, lock.models[name], cache.snapshot_path(lock.models[name]))
+        for name, spec in current.models.items()
+    ]
+
+
+# --- cache maintenance --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    blobs: int
+    bytes_checked: int
+    corrupt: tuple[str, ...]
+    repaired: tuple[str, ...]
+    unrepairable: tuple[str, ...]
+
+
+def verify_cache(cache: Cache, *, repair: bool = False, offline: bool = False) -> VerifyResult:
+    checked: list[int] = []
+    corrupt = cache.verify(on_blob=checked.append)
+    repaired, unrepairable = [], []
+    if repair:
+        known = _known_files(cache)
+        for bad in corrupt:
+            if bad.sha256 in known and _repair(cache, bad.sha256, known[bad.sha256], offline):
+                repaired.append(bad.sha256)
+            else:
+                unrepairable.append(bad.sha256)
+    return VerifyResult(
+        blobs=len(checked),
+        bytes_checked=sum(checked),
+        corrupt=tuple(bad.sha256 for bad in corrupt),
+        repaired=tuple(repaired),
+        unrepairable=tuple(unrepairable),
+    )
+
+
+def _repair(
+    cache: Cache, sha256: str, where: tuple[Project, LockedModel, LockedFile], offline: bool
+) -> bool:
+    project, model, file = where
+    old_inode = cache.discard_blob(sha256)
+    try:
+        cache.fetch(file, sources.byte_source(model, file, project.root, offline))
+    except ModelmoraError:
+        return False
+    cache.relink(sha256, old_inode)
+    return True
+
+
+def _known_files(cache: Cache) -> dict[str, tuple[Project, LockedModel, LockedFile]]:
+    """Every blob that a registered project's lock names, with where to fetch it again."""
+    known: dict[str, tuple[Project, LockedModel, LockedFile]] = {}
+    for project, lock in _registered_locks(cache):
+        for model in lock.models.values():
+            for file in model.files:
+                known.setdefault(file.sha256, (project, model, file))
+    return known
+
+
+def _registered_locks(cache: Cache) -> list[tuple[Project, Lock]]:
+    found, gone = [], set()
+    for root in cache.projects():
+        project = Project(Path(root))
+        if not project.lock_path.is_file():
+            gone.add(root)
+            continue
+        try:
+            found.append((project, project.lock()))
+        except ModelmoraError:
+            continue
+    if gone:
+        cache.forget_projects(gone)
+    return found
+
+
+def gc_cache(cache: Cache, *, dry_run: bool = False) -> GcReport:
+    """Remove blobs and snapshots that no registered project's lock references."""
+    keep_blobs: set[str] = set()
+    keep_snapshots: set[Path] = set()
+    for _, lock in _registered_locks(cache):
+        for model in lock.models.values():
+            keep_blobs.update(file.sha256 for file in model.files)
+            keep_snapshots.add(cache.snapshot_path(model))
+    return cache.gc(keep_blobs, keep_snapshots, dry_run)
+
+
+def cache_dir() -> Path:
+    return Cache().root

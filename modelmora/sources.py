@@ -1,0 +1,368 @@
+"""Where models come from: the Hugging Face Hub, plain URLs, local folders and installed packages.
+
+The only module that talks to the network. It resolves a manifest entry to a commit and a list of
+files with their sha256, and opens byte streams for the cache to store. Hub files are always
+fetched at the locked commit, never at a branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import importlib.util
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from modelmora.cache import ByteSource, Cache, check_relative, tree_digest
+from modelmora.errors import NotFoundError, OfflineError, SourceError, UnsafeFileError
+from modelmora.files import CHUNK, sha256_file
+from modelmora.lockfile import LockedFile, LockedModel
+from modelmora.manifest import PICKLE_SUFFIXES, ModelSpec, split_revision
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+TIMEOUT = 30.0
+_TRUE = {"1", "true", "yes", "on"}
+_PIPELINE_TASKS = {
+    "feature-extraction": "embedding",
+    "sentence-similarity": "embedding",
+    "text-generation": "text-generation",
+    "text2text-generation": "text-generation",
+    "text-classification": "text-classification",
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    commit: str
+    files: tuple[LockedFile, ...]
+    task: str | None = None  # what the source says the model is for, when it says
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    path: str
+    size: int
+    sha256: str | None  # None: not known until fetched
+
+
+def is_offline(offline: bool = False) -> bool:
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+
+
+def kind(source: str) -> str:
+    if source.startswith("hf://"):
+        return "hub"
+    if source.startswith(("https://", "http://")):
+        return "url"
+    if source.startswith("pkg://"):
+        return "package"
+    return "folder"
+
+
+def local_folder(source: str, root: Path) -> Path:
+    """The folder behind a `file://`, relative-path or `pkg://MODULE/SUBPATH` source."""
+    if source.startswith("pkg://"):
+        return _package_folder(source)
+    raw = source[len("file://") :] if source.startswith("file://") else source
+    folder = (root / Path(raw).expanduser()).resolve()
+    if not folder.is_dir():
+        raise NotFoundError(f"source '{source}': {folder} is not a folder", "check the path")
+    return folder
+
+
+def _package_folder(source: str) -> Path:
+    module, _, subpath = source[len("pkg://") :].partition("/")
+    # find_spec locates the package without importing (running) it.
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFoundError(
+            f"source '{source}': Python package '{module}' is not installed",
+            f"install it with `pip install {module.replace('_', '-')}`",
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / subpath
+    if not folder.is_dir():
+        raise NotFoundError(f"source '{source}': package '{module}' has no folder '{subpath}'")
+    return folder
+
+
+# --- resolve ------------------------------------------------------------------------------------
+
+
+def resolve(spec: ModelSpec, root: Path, cache: Cache, offline: bool = False) -> Resolved:
+    """Pin a manifest entry: the commit and every file with its size and sha256."""
+    source_kind = kind(spec.source)
+    if source_kind == "hub":
+        if is_offline(offline):
+            raise OfflineError(
+                f"cannot resolve '{spec.source}' while offline",
+                "run `modelmora lock` with network access first, or drop --offline",
+            )
+        return _resolve_hub(spec, cache)
+    if source_kind == "url":
+        if is_offline(offline):
+            raise OfflineError(f"cannot fetch '{spec.source}' while offline", "drop --offline")
+        return _resolve_url(spec, cache)
+    return _resolve_folder(spec, local_folder(spec.source, root))
+
+
+def _resolve_folder(spec: ModelSpec, folder: Path) -> Resolved:
+    paths = sorted(
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and not _is_hidden(path.relative_to(folder))
+    )
+    candidates = [_Candidate(p, (folder / p).stat().st_size, None) for p in paths]
+    chosen = select(spec, candidates)
+    files = tuple(LockedFile(c.path, c.size, sha256_file(folder / c.path)) for c in chosen)
+    return Resolved(commit=tree_digest(files), files=files, task=guess_folder_task(folder))
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
+
+
+def _resolve_url(spec: ModelSpec, cache: Cache) -> Resolved:
+    name = check_relative(unquote(Path(urlparse(spec.source).path).name) or "download")
+    with _open_url(spec.source, {}, 0) as (_, chunks):
+        stored = cache.store_stream(chunks)
+    file = LockedFile(name, stored.size, stored.sha256)
+    return Resolved(commit=stored.sha256, files=(file,))
+
+
+def _resolve_hub(spec: ModelSpec, cache: Cache) -> Resolved:
+    repo_id = spec.source[len("hf://") :]
+    api = _hub_api()
+    with _hub_errors(spec.source, spec.revision or "main"):
+        info = api.model_info(repo_id, revision=spec.revision or "main")
+        commit = str(info.sha)
+        entries = api.list_repo_tree(repo_id, revision=commit, recursive=True)
+        candidates = [_hub_candidate(entry) for entry in entries if hasattr(entry, "size")]
+    chosen = select(spec, candidates)
+    files = tuple(_hub_file(repo_id, commit, candidate, cache) for candidate in chosen)
+    return Resolved(commit=commit, files=files, task=_hub_task(info))
+
+
+def _hub_candidate(entry: Any) -> _Candidate:
+    lfs = getattr(entry, "lfs", None)
+    sha256 = lfs.sha256 if lfs is not None else None
+    size = lfs.size if lfs is not None else entry.size
+    return _Candidate(check_relative(entry.path), int(size), sha256)
+
+
+def _hub_file(repo_id: str, commit: str, candidate: _Candidate, cache: Cache) -> LockedFile:
+    if candidate.sha256 is not None:
+        return LockedFile(candidate.path, candidate.size, candidate.sha256)
+    # The Hub gives only a git sha1 for small (non-LFS) files: fetch and hash them now.
+    with _open_hub(repo_id, commit, candidate.path, 0) as (_, chunks):
+        stored = cache.store_stream(chunks)
+    return LockedFile(candidate.path, stored.size, stored.sha256)
+
+
+def _hub_task(info: Any) -> str | None:
+    if getattr(info, "library_name", None) == "sentence-transformers":
+        return "embedding"
+    return _PIPELINE_TASKS.get(getattr(info, "pipeline_tag", None) or "")
+
+
+def select(spec: ModelSpec, candidates: Sequence[_Candidate]) -> list[_Candidate]:
+    """Apply include/exclude, refuse pickle weights unless allowed, prefer safetensors."""
+    chosen = [c for c in candidates if _matches(c.path, spec.patterns, spec.exclude)]
+    pickles = [c.path for c in chosen if c.path.endswith(PICKLE_SUFFIXES)]
+    if pickles and not spec.allow_pickle:
+        raise UnsafeFileError(
+            f"model '{spec.name}': refusing pickle file '{pickles[0]}': loading it can run code",
+            "exclude it, or set allow_pickle = true in modelmora.toml if you trust this model",
+        )
+    if any(c.path.endswith(".safetensors") for c in chosen):
+        chosen = [c for c in chosen if not _is_pickle_weight(c.path)]
+    if not chosen:
+        raise SourceError(
+            f"model '{spec.name}': no file matches {_patterns(spec)}",
+            _no_files_hint(spec, candidates),
+        )
+    return chosen
+
+
+def _is_pickle_weight(path: str) -> bool:
+    return path.endswith(PICKLE_SUFFIXES)
+
+
+def _no_files_hint(spec: ModelSpec, candidates: Sequence[_Candidate]) -> str:
+    if any(_is_pickle_weight(c.path) for c in candidates) and not spec.allow_pickle:
+        return (
+            "it has only pickle weights; set allow_pickle = true and include them if you trust it"
+        )
+    return "check `include` and `exclude` in modelmora.toml"
+
+
+def _patterns(spec: ModelSpec) -> str:
+    return "include " + json.dumps(list(spec.patterns))
+
+
+def _matches(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    def hit(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(Path(path).name, pattern)
+
+    return any(hit(p) for p in include) and not any(hit(p) for p in exclude)
+
+
+def guess_task(source: str, revision: str | None, root: Path, offline: bool = False) -> str | None:
+    """What the source says the model is for: the Hub's pipeline tag or the folder's config."""
+    source, suffix = split_revision(source)
+    if kind(source) in ("folder", "package"):
+        return guess_folder_task(local_folder(source, root))
+    if kind(source) != "hub" or is_offline(offline):
+        return None
+    repo_id, rev = source[len("hf://") :], revision or suffix or "main"
+    with _hub_errors(source, rev):
+        return _hub_task(_hub_api().model_info(repo_id, revision=rev))
+
+
+def guess_folder_task(folder: Path) -> str | None:
+    """Read what a saved transformers folder is for from its config files."""
+    if (folder / "modules.json").is_file() or (
+        folder / "config_sentence_transformers.json"
+    ).is_file():
+        return "embedding"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    architectures = " ".join(config.get("architectures") or [])
+    if "CausalLM" in architectures or "LMHead" in architectures:
+        return "text-generation"
+    if "SequenceClassification" in architectures:
+        return "text-classification"
+    return "embedding" if architectures.endswith("Model") else None
+
+
+# --- fetch --------------------------------------------------------------------------------------
+
+
+def byte_source(
+    model: LockedModel, file: LockedFile, root: Path, offline: bool = False
+) -> ByteSource:
+    """Where to read one locked file's bytes from, starting at an offset."""
+    source_kind = kind(model.source)
+    if source_kind in ("hub", "url") and is_offline(offline):
+        raise OfflineError(
+            f"{model.name}: {file.path} is not in the cache and offline mode is on",
+            "run `modelmora install` with network access, or drop --offline / HF_HUB_OFFLINE",
+        )
+    if source_kind == "hub":
+        repo_id = model.source[len("hf://") :]
+        return lambda offset: _open_hub(repo_id, model.commit, file.path, offset)
+    if source_kind == "url":
+        return lambda offset: _open_url(model.source, {}, offset)
+    folder = local_folder(model.source, root)
+    return lambda offset: _open_file(folder / check_relative(file.path), offset)
+
+
+@contextlib.contextmanager
+def _open_file(path: Path, offset: int) -> Iterator[tuple[int, Iterator[bytes]]]:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"{path} is gone", "run `modelmora lock` to lock what is there now"
+        ) from None
+    with handle:
+        handle.seek(offset)
+        yield offset, iter(lambda: handle.read(CHUNK), b"")
+
+
+def _hub_api() -> HfApi:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=hub_endpoint())
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _open_hub(
+    repo_id: str, commit: str, path: str, offset: int
+) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]:
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo_id, path, revision=commit, endpoint=hub_endpoint())
+    return _open_url(url, build_hf_headers(), offset, what=f"hf://{repo_id}/{path}")
+
+
+@contextlib.contextmanager
+def _open_url(
+    url: str, headers: dict[str, str], offset: int, what: str | None = None
+) -> Iterator[tuple[int, Iterator[bytes]]]:
+    from huggingface_hub.utils import get_session
+
+    label = what or url
+    request_headers = {**headers, **({"Range": f"bytes={offset}-"} if offset else {})}
+    with _network_errors(label):
+        stream_context = get_session().stream(
+            "GET", url, headers=request_headers, follow_redirects=True, timeout=TIMEOUT
+        )
+        with stream_context as response:
+            _raise_for_status(response.status_code, label)
+            start = offset if response.status_code == 206 else 0
+            yield start, _guarded(response.iter_bytes(CHUNK), label)
+
+
+def _guarded(chunks: Iterator[bytes], label: str) -> Iterator[bytes]:
+    with _network_errors(label):
+        yield from chunks
+
+
+def _raise_for_status(status: int, label: str) -> None:
+    if status in (200, 206):
+        return
+    if status == 404:
+        raise NotFoundError(f"{label}: not found (HTTP 404)", "check the source and revision")
+    if status in (401, 403):
+        raise SourceError(
+            f"{label}: access denied (HTTP {status})", "set HF_TOKEN to a token with access"
+        )
+    raise SourceError(f"{label}: the server answered HTTP {status}", "try again later")
+
+
+@contextlib.contextmanager
+def _network_errors(label: str) -> Iterator[None]:
+    from huggingface_hub.utils import httpx
+
+    try:
+        yield
+    except httpx.HTTPError as error:
+        raise SourceError(
+            f"{label}: network error: {error or type(error).__name__}",
+            "check your connection and HF_ENDPOINT, or use --offline to work from the cache",
+        ) from None
+
+
+@contextlib.contextmanager
+def _hub_errors(source: str, revision: str) -> Iterator[None]:
+    from huggingface_hub import errors
+
+    try:
+        with _network_errors(source):
+            yield
+    except errors.RepositoryNotFoundError:
+        raise NotFoundError(
+            f"repository '{source}' not found at {hub_endpoint()}",
+            "check the name, or set HF_TOKEN if it is private or gated",
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise NotFoundError(
+            f"revision '{revision}' not found in '{source}'", "check the branch, tag or commit"
+        ) from None
+    except errors.HfHubHTTPError as error:
+        raise SourceError(f"{source}: the Hub answered: {error}".splitlines()[0]) from None
