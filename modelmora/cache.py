@@ -5,6 +5,7 @@
       snapshots/SLUG/TREE/...          one folder per locked model, its files linked to blobs
       tmp/                             partial downloads (`SHA.incomplete`, resumable), temp files
       locks/                           file locks, so several processes can share one cache
+      git-blobs/AB/SHA1                the sha256 of small Hub files known by their git sha1
       projects.json                    the projects that use this cache, for `cache gc`
 
 No network here: sources hand us byte streams. A blob appears only by an atomic rename of a file
@@ -208,6 +209,23 @@ class Cache:
                 "run `modelmora lock` to lock the new content",
             )
         return stored
+
+    def remember_git_blob(self, git_oid: str, file: LockedFile) -> None:
+        """Record the sha256 of a git blob (the Hub names small files only by their git sha1)."""
+        write_atomic(self._git_index(git_oid), f"{file.sha256} {file.size}\n")
+
+    def sha256_of_git_blob(self, git_oid: str) -> LockedFile | None:
+        try:
+            sha256, size = self._git_index(git_oid).read_text().split()
+        except (FileNotFoundError, ValueError):
+            return None
+        file = LockedFile(path="", size=int(size), sha256=sha256)
+        return file if self.has_blob(file) else None
+
+    def _git_index(self, git_oid: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{40}", git_oid):
+            raise CacheError(f"'{git_oid}' is not a git object id")
+        return self.root / "git-blobs" / git_oid[:2] / git_oid
 
     # --- snapshots ------------------------------------------------------------------------------
 

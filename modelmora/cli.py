@@ -22,7 +22,7 @@ from modelmora.errors import ModelmoraError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from modelmora.project import InstallResult, ModelInfo, Progress, Project
+    from modelmora.project import InstallMode, InstallResult, ModelInfo, Progress, Project
 
 app = typer.Typer(
     name="modelmora",
@@ -222,7 +222,7 @@ def install(
 
     if frozen and locked:
         raise typer.BadParameter("use either --frozen or --locked, not both")
-    mode = "frozen" if frozen else "locked" if locked else "sync"
+    mode: InstallMode = "frozen" if frozen else "locked" if locked else "sync"
     with _progress(not as_json) as progress:
         result = project.install(_project(), mode=mode, offline=offline, progress=progress)
     if as_json:
@@ -271,7 +271,7 @@ def _print_table(infos: list[ModelInfo]) -> None:
 
 
 def _info_json(info: ModelInfo, files: bool) -> dict[str, Any]:
-    data = {
+    data: dict[str, Any] = {
         "name": info.name,
         "task": info.task,
         "source": info.source,
@@ -358,9 +358,8 @@ def gc(
     if as_json:
         return emit_json({**vars(report), "dry_run": dry_run})
     verb = "Would free" if dry_run else "Freed"
-    say(
-        f"{verb} {human_size(report.bytes_freed)}: {report.blobs} files, {report.snapshots} snapshots"
-    )
+    counts = f"{report.blobs} files, {report.snapshots} snapshots"
+    say(f"{verb} {human_size(report.bytes_freed)}: {counts}")
 
 
 # --- entry point --------------------------------------------------------------------------------

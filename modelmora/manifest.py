@@ -154,7 +154,8 @@ def load(path: Path) -> Manifest:
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
-            return tomllib.load(file)
+            data: dict[str, Any] = tomllib.load(file)
+            return data
     except FileNotFoundError:
         raise ManifestError(
             f"no {path.name} in {path.parent}", "run `modelmora init` to create one"
@@ -176,12 +177,13 @@ def _validate_model(name: str, table: dict[str, Any], filename: str) -> ModelSpe
     where = f"{filename}: models.{name}"
     if not _NAME.match(name):
         raise ManifestError(f"{where}: invalid model name; use letters, digits, '.', '_' and '-'")
-    source, revision = split_revision(str(table.get("source", "")))
-    if revision and table.get("revision") and table["revision"] != revision:
-        raise ManifestError(
-            f"{where}: source says @{revision} but revision says {table['revision']}"
-        )
-    table = {**table, "source": source, "revision": table.get("revision") or revision or None}
+    if isinstance(table.get("source"), str):
+        source, revision = split_revision(table["source"])
+        if revision and table.get("revision") not in (None, revision):
+            raise ManifestError(
+                f"{where}: source has @{revision} but revision is {table['revision']}"
+            )
+        table = {**table, "source": source, "revision": table.get("revision") or revision}
     try:
         spec = ModelSpec.model_validate({**table, "name": name})
     except ValidationError as error:
@@ -291,4 +293,4 @@ def remove_model(text: str, name: str) -> str:
     if models is None or name not in models:
         raise ManifestError(f"no model named '{name}' in {MANIFEST_NAME}", "see `modelmora list`")
     del models[name]
-    return tomlkit.dumps(document)
+    return tomlkit.dumps(document).rstrip() + "\n"

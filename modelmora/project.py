@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from modelmora import lockfile, manifest, sources
 from modelmora.cache import Cache, GcReport, link_project_model
@@ -138,10 +138,11 @@ def add(
     return AddResult(name=name, locked=lock.models[name], install=result)
 
 
-def _parse(text: str) -> dict[str, object]:
-    from modelmora.manifest import tomllib
+def _parse(text: str) -> dict[str, Any]:
+    from modelmora.manifest import tomllib  # type: ignore[attr-defined]
 
-    return tomllib.loads(text)
+    data: dict[str, Any] = tomllib.loads(text)
+    return data
 
 
 def _guess_task(project: Project, source: str, revision: str | None, offline: bool) -> str:
@@ -254,7 +255,8 @@ def _diff(old: Lock, new: Lock) -> list[LockChange]:
             kind = "removed"
         else:
             kind = "unchanged" if before == after else "updated"
-        changes.append(LockChange(name, kind, before and before.commit, after and after.commit))
+        old_commit = before.commit if before else None
+        changes.append(LockChange(name, kind, old_commit, after.commit if after else None))
     return changes
 
 

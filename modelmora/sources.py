@@ -50,6 +50,7 @@ class _Candidate:
     path: str
     size: int
     sha256: str | None  # None: not known until fetched
+    git_oid: str | None = None
 
 
 def is_offline(offline: bool = False) -> bool:
@@ -139,7 +140,7 @@ def _resolve_url(spec: ModelSpec, cache: Cache) -> Resolved:
 def _resolve_hub(spec: ModelSpec, cache: Cache) -> Resolved:
     repo_id = spec.source[len("hf://") :]
     api = _hub_api()
-    with _hub_errors(spec.source, spec.revision or "main"):
+    with _network_errors(spec.source), _hub_errors(spec.source, spec.revision or "main"):
         info = api.model_info(repo_id, revision=spec.revision or "main")
         commit = str(info.sha)
         entries = api.list_repo_tree(repo_id, revision=commit, recursive=True)
@@ -153,15 +154,23 @@ def _hub_candidate(entry: Any) -> _Candidate:
     lfs = getattr(entry, "lfs", None)
     sha256 = lfs.sha256 if lfs is not None else None
     size = lfs.size if lfs is not None else entry.size
-    return _Candidate(check_relative(entry.path), int(size), sha256)
+    return _Candidate(
+        check_relative(entry.path), int(size), sha256, getattr(entry, "blob_id", None)
+    )
 
 
 def _hub_file(repo_id: str, commit: str, candidate: _Candidate, cache: Cache) -> LockedFile:
     if candidate.sha256 is not None:
         return LockedFile(candidate.path, candidate.size, candidate.sha256)
-    # The Hub gives only a git sha1 for small (non-LFS) files: fetch and hash them now.
+    # The Hub gives only a git sha1 for small (non-LFS) files: fetch and hash them once, then
+    # remember which sha256 that git blob has, so locking another project needs no download.
+    known = cache.sha256_of_git_blob(candidate.git_oid) if candidate.git_oid else None
+    if known is not None:
+        return LockedFile(candidate.path, known.size, known.sha256)
     with _open_hub(repo_id, commit, candidate.path, 0) as (_, chunks):
         stored = cache.store_stream(chunks)
+    if candidate.git_oid:
+        cache.remember_git_blob(candidate.git_oid, stored)
     return LockedFile(candidate.path, stored.size, stored.sha256)
 
 
@@ -182,24 +191,26 @@ def select(spec: ModelSpec, candidates: Sequence[_Candidate]) -> list[_Candidate
         )
     if any(c.path.endswith(".safetensors") for c in chosen):
         chosen = [c for c in chosen if not _is_pickle_weight(c.path)]
+    pickle_only = [c.path for c in candidates if _is_pickle_weight(c.path)]
+    if pickle_only and not spec.allow_pickle and not any(_is_weight(c.path) for c in chosen):
+        raise UnsafeFileError(
+            f"model '{spec.name}' has only pickle weights ({pickle_only[0]}), which can run code",
+            "set allow_pickle = true and include them if you trust this model",
+        )
     if not chosen:
         raise SourceError(
             f"model '{spec.name}': no file matches {_patterns(spec)}",
-            _no_files_hint(spec, candidates),
+            "check `include` and `exclude` in modelmora.toml",
         )
     return chosen
 
 
+def _is_weight(path: str) -> bool:
+    return path.endswith((".safetensors", ".onnx", ".gguf", ".msgpack", ".h5", *PICKLE_SUFFIXES))
+
+
 def _is_pickle_weight(path: str) -> bool:
     return path.endswith(PICKLE_SUFFIXES)
-
-
-def _no_files_hint(spec: ModelSpec, candidates: Sequence[_Candidate]) -> str:
-    if any(_is_pickle_weight(c.path) for c in candidates) and not spec.allow_pickle:
-        return (
-            "it has only pickle weights; set allow_pickle = true and include them if you trust it"
-        )
-    return "check `include` and `exclude` in modelmora.toml"
 
 
 def _patterns(spec: ModelSpec) -> str:
@@ -221,7 +232,7 @@ def guess_task(source: str, revision: str | None, root: Path, offline: bool = Fa
     if kind(source) != "hub" or is_offline(offline):
         return None
     repo_id, rev = source[len("hf://") :], revision or suffix or "main"
-    with _hub_errors(source, rev):
+    with _network_errors(source), _hub_errors(source, rev):
         return _hub_task(_hub_api().model_info(repo_id, revision=rev))
 
 
@@ -294,7 +305,7 @@ def _open_hub(
     repo_id: str, commit: str, path: str, offset: int
 ) -> contextlib.AbstractContextManager[tuple[int, Iterator[bytes]]]:
     from huggingface_hub import hf_hub_url
-    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     url = hf_hub_url(repo_id, path, revision=commit, endpoint=hub_endpoint())
     return _open_url(url, build_hf_headers(), offset, what=f"hf://{repo_id}/{path}")
@@ -304,7 +315,7 @@ def _open_hub(
 def _open_url(
     url: str, headers: dict[str, str], offset: int, what: str | None = None
 ) -> Iterator[tuple[int, Iterator[bytes]]]:
-    from huggingface_hub.utils import get_session
+    from huggingface_hub import get_session
 
     label = what or url
     request_headers = {**headers, **({"Range": f"bytes={offset}-"} if offset else {})}
@@ -337,7 +348,7 @@ def _raise_for_status(status: int, label: str) -> None:
 
 @contextlib.contextmanager
 def _network_errors(label: str) -> Iterator[None]:
-    from huggingface_hub.utils import httpx
+    from huggingface_hub.utils import httpx  # type: ignore[attr-defined]
 
     try:
         yield
@@ -353,8 +364,7 @@ def _hub_errors(source: str, revision: str) -> Iterator[None]:
     from huggingface_hub import errors
 
     try:
-        with _network_errors(source):
-            yield
+        yield
     except errors.RepositoryNotFoundError:
         raise NotFoundError(
             f"repository '{source}' not found at {hub_endpoint()}",

@@ -1,0 +1,399 @@
+"""The package manager end to end: lock, install, verify, gc against a loopback fake Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakehub import FakeHub
+
+from modelmora import project
+from modelmora.cache import Cache
+from modelmora.errors import (
+    IntegrityError,
+    LockError,
+    NotFoundError,
+    OfflineError,
+    SourceError,
+    UnsafeFileError,
+)
+from modelmora.project import Project
+
+REPO = "acme/tiny"
+CONFIG = b'{"architectures": ["BertModel"], "model_type": "bert"}'
+
+
+def weights(seed: int, size: int = 300_000) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def tiny_repo(seed: int = 0, size: int = 300_000) -> dict[str, bytes]:
+    return {
+        "config.json": CONFIG,
+        "tokenizer.json": b'{"version": "1.0"}',
+        "model.safetensors": weights(seed, size),
+        "README.md": b"# tiny\n",
+    }
+
+
+def make_project(root: Path, models: dict[str, str]) -> Project:
+    """A project whose manifest has one `[models.NAME]` per entry of TOML body lines."""
+    root.mkdir(parents=True, exist_ok=True)
+    tables = "".join(f"\n[models.{name}]\n{body}\n" for name, body in models.items())
+    (root / "modelmora.toml").write_text(f'[project]\nname = "{root.name}"\n{tables}')
+    return Project(root)
+
+
+def hub_model(repo: str = REPO, extra: str = "") -> str:
+    return f'source = "hf://{repo}"\ntask = "embedding"\n{extra}'
+
+
+def snapshot_digests(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def resolve_gets(hub: FakeHub, name: str) -> list[str]:
+    return [p for p in hub.paths("GET") if "/resolve/" in p and p.endswith(name)]
+
+
+def test_lock_is_deterministic_and_a_new_upstream_commit_does_not_make_it_stale(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    first = fake_hub.add_commit(REPO, tiny_repo(0))
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    result = project.lock(demo)
+    text = demo.lock_path.read_bytes()
+    locked = result.lock.models["tiny"]
+    assert locked.commit == first and len(first) == 40
+    assert {f.path for f in locked.files} == {"config.json", "tokenizer.json", "model.safetensors"}
+    # The LFS file's sha256 comes from the tree API: its bytes were never downloaded.
+    assert resolve_gets(fake_hub, "model.safetensors") == []
+
+    fake_hub.add_commit(REPO, tiny_repo(1))
+    again = project.lock(demo)
+    assert not again.written and not again.changed
+    assert demo.lock_path.read_bytes() == text
+
+    upgraded = project.lock(demo, upgrade=["tiny"])
+    assert upgraded.written
+    assert [c.kind for c in upgraded.changes] == ["updated"]
+    assert upgraded.lock.models["tiny"].commit != first
+
+
+def test_lock_dry_run_writes_nothing(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    result = project.lock(demo, dry_run=True)
+    assert [c.kind for c in result.changes] == ["added"]
+    assert not demo.lock_path.exists()
+
+
+def test_check_and_install_locked_fail_on_a_changed_manifest(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    fake_hub.add_commit(REPO, tiny_repo(), tags=["v1"])
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    project.lock(demo)
+    project.check_lock(demo)
+    make_project(demo.root, {"tiny": hub_model(extra='revision = "v1"')})
+    with pytest.raises(LockError, match=r"model 'tiny' changed \(revision: \"main\" -> \"v1\"\)"):
+        project.check_lock(demo)
+    with pytest.raises(LockError, match="run `modelmora lock`"):
+        project.install(demo, mode="locked")
+
+
+def test_install_frozen_into_an_empty_cache_reproduces_the_bytes(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    project.install(demo)
+    expected = snapshot_digests(project.model_path(demo, "tiny"))
+    fake_hub.add_commit(REPO, tiny_repo(7))  # upstream moves on; the lock must win
+
+    ci = tmp_path / "ci-checkout"
+    ci.mkdir()
+    (ci / "modelmora.lock").write_bytes(demo.lock_path.read_bytes())
+    (ci / "modelmora.toml").write_text("this manifest is not read by --frozen")
+    monkeypatch.setenv("MODELMORA_HOME", str(tmp_path / "empty-cache"))
+    result = project.install(Project(ci), mode="frozen")
+    assert result.files_downloaded == 3
+    assert snapshot_digests((ci / ".modelmora/models/tiny").resolve()) == expected
+    fetched = [p for p in fake_hub.paths("GET") if "/resolve/" in p]
+    assert fetched and all(f"/resolve/{commit}/" in p for p in fetched)
+    assert (ci / "modelmora.lock").read_bytes() == demo.lock_path.read_bytes()
+
+
+def test_install_frozen_without_a_lock(tmp_path: Path) -> None:
+    demo = make_project(tmp_path / "demo", {})
+    with pytest.raises(LockError, match="no modelmora.lock.*run `modelmora lock`"):
+        project.install(demo, mode="frozen")
+
+
+def test_a_killed_download_resumes_with_a_range_request(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo(size=2_000_000))
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    project.lock(demo)
+    fake_hub.fail_after[(REPO, "model.safetensors")] = 1_200_000
+    with pytest.raises(SourceError, match="network error"):
+        project.install(demo)
+    partial = list(Cache().tmp.glob("*.incomplete"))
+    assert len(partial) == 1 and partial[0].stat().st_size > 0
+
+    project.install(demo)
+    ranges = [
+        h.get("Range") or h.get("range")
+        for m, p, h in fake_hub.requests
+        if p.endswith(".safetensors")
+    ]
+    assert ranges[-1] is not None and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-"
+    snapshot = project.model_path(demo, "tiny")
+    assert (snapshot / "model.safetensors").read_bytes() == weights(0, 2_000_000)
+    assert list(Cache().tmp.glob("*.incomplete")) == []
+
+
+def test_two_concurrent_installs_share_one_cache(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo(size=3_000_000))
+    fake_hub.throttle_bytes_per_s = 20_000_000
+    projects = [make_project(tmp_path / f"p{i}", {"tiny": hub_model()}) for i in range(2)]
+    project.lock(projects[0])
+    projects[1].lock_path.write_bytes(projects[0].lock_path.read_bytes())
+    command = [sys.executable, "-m", "modelmora", "install", "--frozen"]
+    children = [
+        subprocess.Popen(command, cwd=p.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for p in projects
+    ]
+    outputs = [child.communicate(timeout=120) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    cache = Cache()
+    assert len(cache.blob_digests()) == 3
+    assert [p.name for p in cache.tmp.iterdir()] == []
+    assert len(resolve_gets(fake_hub, "model.safetensors")) == 1
+    paths = {project.model_path(p, "tiny") for p in projects}
+    assert len(paths) == 1
+
+
+def test_verify_finds_a_corrupt_blob_and_repair_fixes_it(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    project.install(demo)
+    snapshot = project.model_path(demo, "tiny")
+    good = snapshot_digests(snapshot)
+    cache = Cache()
+    sha = hashlib.sha256(weights(0)).hexdigest()
+    blob = cache.blob_path(sha)
+    blob.chmod(0o644)
+    with blob.open("r+b") as handle:
+        handle.write(b"bitrot")
+
+    found = project.verify_cache(cache)
+    assert found.corrupt == (sha,) and found.blobs == 3
+    fixed = project.verify_cache(cache, repair=True)
+    assert fixed.repaired == (sha,)
+    assert project.verify_cache(cache).corrupt == ()
+    assert snapshot_digests(snapshot) == good
+
+
+def test_a_server_sending_wrong_bytes_fails_with_both_hashes(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    project.lock(demo)
+    fake_hub.corrupt[(REPO, "model.safetensors")] = weights(99)
+    expected = hashlib.sha256(weights(0)).hexdigest()
+    actual = hashlib.sha256(weights(99)).hexdigest()
+    with pytest.raises(IntegrityError) as caught:
+        project.install(demo, mode="frozen")
+    assert expected in str(caught.value) and actual in str(caught.value)
+    cache = Cache()
+    assert not cache.blob_path(expected).exists()
+    assert list(cache.tmp.iterdir()) == []
+    assert not (demo.models_dir / "tiny").exists()
+
+
+def test_pickle_weights_are_refused_unless_allowed(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit("acme/old", {"config.json": CONFIG, "pytorch_model.bin": weights(3)})
+    demo = make_project(tmp_path / "demo", {"old": hub_model("acme/old")})
+    with pytest.raises(UnsafeFileError, match="only pickle weights.*set allow_pickle = true"):
+        project.lock(demo)
+    make_project(demo.root, {"old": hub_model("acme/old", 'include = ["*"]')})
+    with pytest.raises(UnsafeFileError, match="refusing pickle file 'pytorch_model.bin'"):
+        project.lock(demo)
+    trusted = 'include = ["*.json", "*.bin"]\nallow_pickle = true'
+    make_project(demo.root, {"old": hub_model("acme/old", trusted)})
+    locked = project.lock(demo).lock.models["old"]
+    assert "pytorch_model.bin" in {f.path for f in locked.files}
+
+
+def test_safetensors_preferred_over_pickle(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, {**tiny_repo(), "pytorch_model.bin": weights(4)})
+    trusted = 'include = ["*"]\nallow_pickle = true'
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model(extra=trusted)})
+    paths = {f.path for f in project.lock(demo).lock.models["tiny"].files}
+    assert "model.safetensors" in paths and "pytorch_model.bin" not in paths
+
+
+def test_a_remote_path_escaping_the_snapshot_is_refused(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, {**tiny_repo(), "../../evil.json": b"{}"})
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    with pytest.raises(UnsafeFileError, match="escapes the model folder"):
+        project.lock(demo)
+    assert not demo.lock_path.exists()
+
+
+def test_a_hand_edited_lock_cannot_escape_the_snapshot(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    project.lock(demo)
+    text = demo.lock_path.read_text().replace('"config.json"', '"/etc/evil.json"')
+    demo.lock_path.write_text(text)
+    with pytest.raises(UnsafeFileError):
+        project.install(demo, mode="frozen")
+
+
+def test_offline_mode_works_from_the_cache_and_fails_clearly_without_it(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    project.install(demo)
+    fake_hub.stop()  # from here on, any network use would fail
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert project.install(demo, mode="locked").files_downloaded == 0
+    assert project.install(demo).files_downloaded == 0
+
+    monkeypatch.setenv("MODELMORA_HOME", str(tmp_path / "empty"))
+    with pytest.raises(OfflineError, match="not in the cache and offline mode is on"):
+        project.install(demo, mode="frozen")
+    make_project(demo.root, {"tiny": hub_model(), "new": hub_model("acme/new")})
+    with pytest.raises(OfflineError, match="cannot resolve 'hf://acme/new' while offline"):
+        project.lock(demo, offline=True)
+
+
+def test_two_models_sharing_a_file_store_it_once(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit("acme/a", tiny_repo(0))
+    fake_hub.add_commit("acme/b", tiny_repo(1))
+    demo = make_project(tmp_path / "demo", {"a": hub_model("acme/a"), "b": hub_model("acme/b")})
+    project.install(demo)
+    assert len(Cache().blob_digests()) == 4  # config and tokenizer (shared), two weights
+    assert len(resolve_gets(fake_hub, "config.json")) == 1
+    a, b = (project.model_path(demo, n) / "config.json" for n in ("a", "b"))
+    assert os.stat(a).st_ino == os.stat(b).st_ino
+
+
+def test_warm_install_of_a_new_project_downloads_nothing(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    first = make_project(tmp_path / "one", {"tiny": hub_model()})
+    project.install(first)
+    second = make_project(tmp_path / "two", {"tiny": hub_model()})
+    before = len(fake_hub.requests)
+    result = project.install(second, mode="sync")
+    assert result.files_downloaded == 0 and result.files_cached == 3
+    gets = [p for _, p, _ in fake_hub.requests[before:] if "/resolve/" in p]
+    assert gets == []
+
+
+def test_unknown_repository_and_revision(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"x": hub_model("acme/missing")})
+    with pytest.raises(NotFoundError, match="repository 'hf://acme/missing' not found"):
+        project.lock(demo)
+    make_project(demo.root, {"x": hub_model(extra='revision = "nope"')})
+    with pytest.raises(NotFoundError, match="revision 'nope' not found"):
+        project.lock(demo)
+
+
+def test_hf_token_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import point_hub_client_at
+
+    with FakeHub(token="s3cret") as hub:
+        point_hub_client_at(monkeypatch, hub.endpoint)
+        hub.add_commit(REPO, tiny_repo())
+        demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+        with pytest.raises(NotFoundError, match="set HF_TOKEN"):
+            project.lock(demo)
+        monkeypatch.setenv("HF_TOKEN", "s3cret")
+        project.install(demo)
+        assert project.model_path(demo, "tiny").is_dir()
+
+
+def test_url_and_local_folder_sources(fake_hub: FakeHub, tmp_path: Path) -> None:
+    commit = fake_hub.add_commit(REPO, {**tiny_repo(), "model.onnx": weights(5)})
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(CONFIG)
+    (folder / "model.safetensors").write_bytes(weights(6))
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ignored")
+    url = f"{fake_hub.endpoint}/{REPO}/resolve/{commit}/model.onnx"
+    demo = make_project(
+        tmp_path / "demo",
+        {
+            "web": f'source = "{url}"\ntask = "embedding"',
+            "mine": 'source = "../my-model"\ntask = "embedding"',
+        },
+    )
+    project.install(demo)
+    lock = demo.lock()
+    assert [f.path for f in lock.models["web"].files] == ["model.onnx"]
+    assert lock.models["web"].commit == hashlib.sha256(weights(5)).hexdigest()
+    assert {f.path for f in lock.models["mine"].files} == {"config.json", "model.safetensors"}
+    assert (project.model_path(demo, "web") / "model.onnx").read_bytes() == weights(5)
+
+    (folder / "model.safetensors").write_bytes(weights(8))  # changed after locking
+    cache = Cache()
+    for file in lock.models["mine"].files:
+        cache.blob_path(file.sha256).unlink()
+    with pytest.raises(IntegrityError, match="model.safetensors: sha256 mismatch"):
+        project.install(demo, mode="frozen")
+
+
+def test_gc_removes_what_no_project_uses(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit("acme/a", tiny_repo(0))
+    fake_hub.add_commit("acme/b", tiny_repo(1))
+    demo = make_project(tmp_path / "demo", {"a": hub_model("acme/a"), "b": hub_model("acme/b")})
+    project.install(demo)
+    project.remove(demo, "b")
+    cache = Cache()
+    dry = project.gc_cache(cache, dry_run=True)
+    assert (dry.blobs, dry.snapshots, dry.bytes_freed) == (1, 1, len(weights(1)))
+    assert len(cache.blob_digests()) == 4
+    done = project.gc_cache(cache)
+    assert done == dry
+    assert len(cache.blob_digests()) == 3
+    assert project.model_path(demo, "a").is_dir()
+    assert project.gc_cache(cache).blobs == 0
+
+
+def test_add_locks_installs_and_guesses_the_task(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = project.init(tmp_path / "demo")
+    result = project.add(demo, "hf://acme/tiny", task="embedding")
+    assert result.name == "tiny"
+    assert project.model_path(demo, "tiny").is_dir()
+    folder = tmp_path / "clf"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    (folder / "model.safetensors").write_bytes(weights(2))
+    added = project.add(demo, str(folder), name="clf")
+    assert added.locked.task == "text-classification"
+    assert "[models.clf]" in demo.manifest_path.read_text()
+
+
+def test_add_of_a_missing_repository_writes_nothing(fake_hub: FakeHub, tmp_path: Path) -> None:
+    demo = project.init(tmp_path / "demo")
+    before = demo.manifest_path.read_text()
+    with pytest.raises(NotFoundError):
+        project.add(demo, "hf://acme/nothing-here", task="embedding")
+    assert demo.manifest_path.read_text() == before
+    assert not demo.lock_path.exists()
