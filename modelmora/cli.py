@@ -30,8 +30,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rendering it with rich costs 0.2 s of imports
 )
-cache_app = typer.Typer(help="Inspect and maintain the shared model cache.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="Inspect and maintain the shared model cache.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(cache_app, name="cache")
 
 
@@ -288,7 +291,7 @@ def _info_json(info: ModelInfo, files: bool) -> dict[str, Any]:
 
 @app.command()
 def show(
-    name: str = typer.Argument(help="The model to describe."),
+    name: str = typer.Argument(metavar="NAME", help="The model to describe."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Show a model's source, commit, files and where it is installed."""
@@ -372,19 +375,22 @@ def fail(error: BaseException) -> NoReturn:
     raise SystemExit(1)
 
 
-def main() -> None:
-    import click
+GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
 
+
+def _global_flags_first(args: list[str]) -> list[str]:
+    """Accept `--quiet` and `--debug` anywhere on the line (as uv does), not only first."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
+    return flags + [arg for arg in args[:end] if arg not in GLOBAL_FLAGS] + args[end:]
+
+
+def main() -> None:
     try:
-        app(prog_name="modelmora", standalone_mode=False)
+        app(args=_global_flags_first(sys.argv[1:]), prog_name="modelmora")
     except ModelmoraError as error:
         if options.debug:
             raise
         fail(error)
-    except click.exceptions.ClickException as error:
-        error.show()
-        raise SystemExit(error.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(130) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -1,0 +1,130 @@
+"""The `modelmora` command as a person and a CI job use it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakehub import FakeHub
+from test_project import tiny_repo
+
+from modelmora.cache import Cache
+
+
+def run(*args: str, cwd: Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "modelmora", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check is not None:
+        assert result.returncode == check, result.stdout + result.stderr
+    return result
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    assert "Pin, cache and serve" in run("--help", cwd=tmp_path).stdout
+    assert run("--version", cwd=tmp_path).stdout.startswith("modelmora ")
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    result = run("no-such-command", cwd=tmp_path, check=2)
+    assert "No such command" in result.stderr
+
+
+def test_user_error_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    result = run("list", cwd=tmp_path, check=1)
+    assert result.stderr.strip().splitlines() == [
+        f"error: no modelmora.toml in {tmp_path} or above; run `modelmora init` first"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = run("--debug", "list", cwd=tmp_path, check=1)
+    assert "Traceback" in result.stderr and "ManifestError" in result.stderr
+
+
+def test_the_cli_imports_nothing_heavy(tmp_path: Path) -> None:
+    code = (
+        "import sys, modelmora.cli\n"
+        "heavy = {'torch', 'transformers', 'pydantic', 'huggingface_hub', 'rich.progress'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_project_from_init_to_frozen_install(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit("acme/tiny", tiny_repo())
+    demo = tmp_path / "demo"
+    run("init", str(demo), cwd=tmp_path)
+    assert (demo / "modelmora.toml").is_file()
+    assert run("init", str(demo), cwd=tmp_path, check=1).stderr.startswith("error:")
+
+    added = run("add", "hf://acme/tiny", "--task", "embedding", cwd=demo)
+    assert "Added tiny (embedding)" in added.stdout
+    assert "fetched tiny/model.safetensors" in added.stderr  # plain progress when not a TTY
+
+    listed = json.loads(run("list", "--json", cwd=demo).stdout)
+    assert [(m["name"], m["installed"]) for m in listed] == [("tiny", True)]
+    shown = json.loads(run("show", "tiny", "--json", cwd=demo).stdout)
+    assert {f["path"] for f in shown["files"]} == {
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+    }
+    path = Path(run("path", "tiny", cwd=demo).stdout.strip())
+    assert (path / "model.safetensors").is_file()
+    assert "tiny" in run("list", cwd=demo).stdout
+
+    run("lock", "--check", cwd=demo)
+    manifest = demo / "modelmora.toml"
+    manifest.write_text(
+        manifest.read_text().replace('task = "embedding"', 'task = "text-classification"')
+    )
+    stale = run("lock", "--check", cwd=demo, check=1)
+    assert "model 'tiny' changed (task" in stale.stderr
+    assert "run `modelmora lock`" in run("install", "--locked", cwd=demo, check=1).stderr
+
+    frozen = json.loads(run("install", "--frozen", "--json", cwd=demo).stdout)
+    assert frozen["models"] == ["tiny"] and frozen["files_downloaded"] == 0
+    dry = json.loads(run("lock", "--dry-run", "--json", cwd=demo).stdout)
+    assert [c["kind"] for c in dry["changes"]] == ["updated"] and not dry["written"]
+
+
+def test_cache_commands(fake_hub: FakeHub, tmp_path: Path) -> None:
+    fake_hub.add_commit("acme/tiny", tiny_repo())
+    demo = tmp_path / "demo"
+    run("init", str(demo), cwd=tmp_path)
+    run("add", "hf://acme/tiny", "--task", "embedding", "--quiet", cwd=demo)
+    assert run("cache", "dir", cwd=demo).stdout.strip() == str(Cache().root)
+
+    verified = json.loads(run("cache", "verify", "--json", cwd=demo).stdout)
+    assert verified["blobs"] == 3 and verified["corrupt"] == []
+    blob = Cache().blob_path(next(iter(Cache().blob_digests())))
+    blob.chmod(0o644)
+    blob.write_bytes(b"bitrot")
+    failed = run("cache", "verify", cwd=demo, check=1)
+    assert "corrupt" in failed.stderr and "run `modelmora cache verify --repair`" in failed.stderr
+    assert "repaired" in run("cache", "verify", "--repair", cwd=demo).stderr
+
+    run("remove", "tiny", cwd=demo)
+    dry = json.loads(run("cache", "gc", "--dry-run", "--json", cwd=demo).stdout)
+    assert dry["blobs"] == 3 and dry["dry_run"]
+    assert "Freed" in run("cache", "gc", cwd=demo).stdout
+    assert Cache().blob_digests() == []
+
+
+@pytest.mark.parametrize("flag", ["--frozen", "--locked"])
+def test_install_without_a_lock(tmp_path: Path, flag: str) -> None:
+    run("init", str(tmp_path), cwd=tmp_path)
+    result = run("install", flag, cwd=tmp_path, check=1)
+    assert "no modelmora.lock" in result.stderr and "modelmora lock" in result.stderr
