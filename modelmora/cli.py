@@ -88,6 +88,10 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def human_size(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000 or unit == "GB":
@@ -207,10 +211,10 @@ def _print_lock(changes: Any, dry_run: bool, written: bool) -> None:
             say(f"  [red]-[/] {change.name}")
     changed = sum(change.kind != "unchanged" for change in changes)
     if dry_run:
-        say(f"Would change {changed} of {len(changes)} models (dry run, nothing written)")
+        say(f"Would change {changed} of {plural(len(changes), 'model')} (dry run, nothing written)")
     else:
         state = "written" if written else "unchanged"
-        say(f"Locked {len(changes)} models ({changed} changed); modelmora.lock {state}")
+        say(f"Locked {plural(len(changes), 'model')} ({changed} changed); modelmora.lock {state}")
 
 
 @app.command()
@@ -234,8 +238,9 @@ def install(
 
 
 def _print_install(result: InstallResult) -> None:
-    fetched = f"downloaded {result.files_downloaded} files ({human_size(result.bytes_downloaded)})"
-    say(f"Installed {len(result.models)} models: {fetched}, {result.files_cached} already cached")
+    fetched = f"{plural(result.files_downloaded, 'file')} ({human_size(result.bytes_downloaded)})"
+    models = plural(len(result.models), "model")
+    say(f"Installed {models}: fetched {fetched}, {result.files_cached} already cached")
     for name in result.removed:
         say(f"  [red]-[/] {name} (no longer in the lock)")
 

@@ -43,7 +43,7 @@ def test_strings_with_quotes_and_unicode_round_trip() -> None:
 
 
 def test_wrong_version_is_a_clear_error() -> None:
-    with pytest.raises(LockError, match="version 99.*run `modelmora lock`"):
+    with pytest.raises(LockError, match=r"version 99.*run `modelmora lock`"):
         lockfile.parse({"version": 99, "models": []})
 
 

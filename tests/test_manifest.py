@@ -129,7 +129,10 @@ def test_missing_variable_names_variable_file_and_key(
 
 
 def test_add_and_remove_keep_comments_and_order() -> None:
-    text = '# top comment\n[project]\nname = "d"  # the name\n\n[models.a]\nsource = "x"\ntask = "embedding"\n'
+    text = (
+        '# top comment\n[project]\nname = "d"  # the name\n\n'
+        '[models.a]\nsource = "x"\ntask = "embedding"\n'
+    )
     added = manifest.add_model(
         text, "b", {"source": "hf://o/r", "task": "embedding", "revision": None}
     )

@@ -135,7 +135,7 @@ def test_install_frozen_into_an_empty_cache_reproduces_the_bytes(
 
 def test_install_frozen_without_a_lock(tmp_path: Path) -> None:
     demo = make_project(tmp_path / "demo", {})
-    with pytest.raises(LockError, match="no modelmora.lock.*run `modelmora lock`"):
+    with pytest.raises(LockError, match=r"no modelmora\.lock.*run `modelmora lock`"):
         project.install(demo, mode="frozen")
 
 
@@ -224,10 +224,10 @@ def test_a_server_sending_wrong_bytes_fails_with_both_hashes(
 def test_pickle_weights_are_refused_unless_allowed(fake_hub: FakeHub, tmp_path: Path) -> None:
     fake_hub.add_commit("acme/old", {"config.json": CONFIG, "pytorch_model.bin": weights(3)})
     demo = make_project(tmp_path / "demo", {"old": hub_model("acme/old")})
-    with pytest.raises(UnsafeFileError, match="only pickle weights.*set allow_pickle = true"):
+    with pytest.raises(UnsafeFileError, match=r"only pickle weights.*set allow_pickle = true"):
         project.lock(demo)
     make_project(demo.root, {"old": hub_model("acme/old", 'include = ["*"]')})
-    with pytest.raises(UnsafeFileError, match="refusing pickle file 'pytorch_model.bin'"):
+    with pytest.raises(UnsafeFileError, match=r"refusing pickle file 'pytorch_model\.bin'"):
         project.lock(demo)
     trusted = 'include = ["*.json", "*.bin"]\nallow_pickle = true'
     make_project(demo.root, {"old": hub_model("acme/old", trusted)})
@@ -354,7 +354,7 @@ def test_url_and_local_folder_sources(fake_hub: FakeHub, tmp_path: Path) -> None
     cache = Cache()
     for file in lock.models["mine"].files:
         cache.blob_path(file.sha256).unlink()
-    with pytest.raises(IntegrityError, match="model.safetensors: sha256 mismatch"):
+    with pytest.raises(IntegrityError, match=r"model\.safetensors: sha256 mismatch"):
         project.install(demo, mode="frozen")
 
 
@@ -397,3 +397,23 @@ def test_add_of_a_missing_repository_writes_nothing(fake_hub: FakeHub, tmp_path:
         project.add(demo, "hf://acme/nothing-here", task="embedding")
     assert demo.manifest_path.read_text() == before
     assert not demo.lock_path.exists()
+
+
+@pytest.mark.slow
+def test_transformers_loads_an_installed_snapshot(fake_hub: FakeHub, tmp_path: Path) -> None:
+    import torch
+    from modelfactory import build_embedding_model, model_files
+    from transformers import AutoModel, AutoTokenizer
+
+    built = build_embedding_model(tmp_path / "built")
+    fake_hub.add_commit("acme/bert", model_files(built))
+    demo = make_project(tmp_path / "demo", {"bert": hub_model("acme/bert")})
+    project.install(demo)
+    snapshot = demo.models_dir / "bert"
+    model = AutoModel.from_pretrained(snapshot, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
+    reference = AutoModel.from_pretrained(built, local_files_only=True)
+    inputs = tokenizer(["hello world"], return_tensors="pt")
+    with torch.no_grad():
+        got, want = model(**inputs).last_hidden_state, reference(**inputs).last_hidden_state
+    assert torch.equal(got, want)
