@@ -263,7 +263,7 @@ def _print_table(infos: list[ModelInfo]) -> None:
 
     table = Table(box=None, pad_edge=False)
     for column in ("name", "task", "source", "commit", "size", "status"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+        table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     for info in infos:
         status = "installed" if info.installed else "locked" if info.commit else "not locked"
         color = "green" if info.installed else "yellow"

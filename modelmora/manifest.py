@@ -146,9 +146,16 @@ def _schemes() -> str:
 
 def load(path: Path) -> Manifest:
     """Read and validate a manifest; every error names the file, the key and the fix."""
-    data = _read_toml(path)
-    data = expand_variables(data, path.name)
-    return validate(data, path)
+    return validate(expand_variables(_read_toml(path), path.name), path)
+
+
+def loads(text: str, path: Path) -> Manifest:
+    """Validate manifest text that is not written yet (an edit in progress)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ManifestError(f"{path.name}: invalid TOML: {error}") from None
+    return validate(expand_variables(data, path.name), path)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

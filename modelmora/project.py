@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from modelmora import lockfile, manifest, sources
 from modelmora.cache import Cache, GcReport, link_project_model
@@ -128,21 +128,12 @@ def add(
     task = task or _guess_task(project, source, revision, offline)
     table = {"source": source, "revision": revision, "task": task, "include": include}
     text = manifest.add_model(project.manifest_path.read_text(), name, table)
-    staged = manifest.validate(
-        manifest.expand_variables(_parse(text), MANIFEST_NAME), project.manifest_path
-    )
+    staged = manifest.loads(text, project.manifest_path)
     lock = _relock(project, staged, project.lock_or_empty(), cache, set(), offline)
     result = _install(project, lock, cache, offline, progress or SilentProgress())
     write_atomic(project.manifest_path, text)
     write_if_changed(project.lock_path, lockfile.dumps(lock))
     return AddResult(name=name, locked=lock.models[name], install=result)
-
-
-def _parse(text: str) -> dict[str, Any]:
-    from modelmora.manifest import tomllib  # type: ignore[attr-defined]
-
-    data: dict[str, Any] = tomllib.loads(text)
-    return data
 
 
 def _guess_task(project: Project, source: str, revision: str | None, offline: bool) -> str:
@@ -424,13 +415,42 @@ class InstalledModel:
 def installed_models(
     project: Project, *, frozen: bool = False, offline: bool = False
 ) -> list[InstalledModel]:
-    """Make sure the lock is fresh and every model installed (like `uv run`), then list them."""
-    install(project, mode="locked" if frozen else "sync", offline=offline)
-    current, lock, cache = project.manifest(), project.lock(), Cache()
-    return [
+    """Every model of the project, installed and checked against the lock (for `serve`).
+
+    Like `uv run`, a stale lock is updated and missing models are installed first; with `frozen`
+    nothing is changed, and a stale lock or a missing model is an error instead.
+    """
+    if frozen:
+        lock = check_lock(project)
+    else:
+        install(project, offline=offline)
+        lock = project.lock()
+    cache = Cache()
+    models = [
         InstalledModel(spec, lock.models[name], cache.snapshot_path(lock.models[name]))
-        for name, spec in current.models.items()
+        for name, spec in project.manifest().models.items()
     ]
+    for model in models:
+        check_installed(cache, model.locked)
+    return models
+
+
+def check_installed(cache: Cache, model: LockedModel) -> None:
+    """Every locked file is in the model's snapshot with its locked size (no re-hash: `verify`)."""
+    snapshot = cache.snapshot_path(model)
+    for file in model.files:
+        try:
+            size = (snapshot / file.path).stat().st_size
+        except FileNotFoundError:
+            raise LockError(
+                f"model '{model.name}' is not installed ({file.path} is missing)",
+                "run `modelmora install`",
+            ) from None
+        if size != file.size:
+            raise LockError(
+                f"model '{model.name}': {file.path} has {size} bytes, the lock says {file.size}",
+                "run `modelmora cache verify --repair`",
+            )
 
 
 # --- cache maintenance --------------------------------------------------------------------------

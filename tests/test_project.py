@@ -417,3 +417,19 @@ def test_transformers_loads_an_installed_snapshot(fake_hub: FakeHub, tmp_path: P
     with torch.no_grad():
         got, want = model(**inputs).last_hidden_state, reference(**inputs).last_hidden_state
     assert torch.equal(got, want)
+
+
+def test_installed_models_installs_or_with_frozen_refuses(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model(extra='device = "cpu"')})
+    with pytest.raises(LockError, match=r"no modelmora\.lock"):
+        project.installed_models(demo, frozen=True)
+    project.lock(demo)
+    with pytest.raises(LockError, match=r"model 'tiny' is not installed .*run `modelmora install`"):
+        project.installed_models(demo, frozen=True)
+    [served] = project.installed_models(demo)
+    assert served.spec.device == "cpu" and served.locked.commit == demo.lock().models["tiny"].commit
+    assert (served.path / "model.safetensors").stat().st_size == len(weights(0))
+    assert project.installed_models(demo, frozen=True) == [served]
