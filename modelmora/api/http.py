@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -23,7 +24,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """How the HTTP server listens and what it accepts; model lifecycle lives in SupervisorSettings."""
+    """How the server listens and what it accepts; model lifecycle is in SupervisorSettings."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -57,25 +58,33 @@ class RequestValidationError(InvalidInputError):
     """A request body or query that does not match its schema; names the first bad field."""
 
     def __init__(self, errors: list[FieldError]) -> None:
-        first = errors[0]
+        first = _headline(errors)
         where = f"{first.field}: " if first.field else ""
         super().__init__(f"{where}{first.message}")
         self.errors = errors
         self.field = first.field or None
 
     @classmethod
-    def from_pydantic(cls, error: ValidationError, prefix: str = "") -> RequestValidationError:
+    def from_pydantic(cls, error: ValidationError) -> RequestValidationError:
         """Turn pydantic's errors into field paths like `messages.0.content`."""
-        return cls([_field_error(item, prefix) for item in error.errors(include_url=False)])
+        return cls([_field_error(item) for item in error.errors(include_url=False)])
 
 
-def _field_error(item: Any, prefix: str) -> FieldError:
+def _headline(errors: list[FieldError]) -> FieldError:
+    """The most specific error about the first bad field: `inputs.1` says more than `inputs`."""
+    top = errors[0].field.split(".")[0]
+    same_field = [e for e in errors if e.field.split(".")[0] == top]
+    return max(same_field, key=lambda e: e.field.count("."))
+
+
+def _field_error(item: Any) -> FieldError:
     """One pydantic error; union branches (`str`, `list[str]`) stay out of the field path."""
-    parts = [str(part) for part in item["loc"] if not _is_type_tag(part)]
-    field = ".".join([prefix, *parts] if prefix and parts else parts)
+    field = ".".join(str(part) for part in item["loc"] if not _is_type_tag(part))
     message = item["msg"]
     if item["type"] == "json_invalid":
         message = f"the request body is not valid JSON ({item['ctx']['error']})"
+    elif item["type"] == "value_error":
+        message = str(item["ctx"]["error"])  # without pydantic's "Value error, " prefix
     elif item["type"] == "extra_forbidden":
         message = "unknown field; check its spelling against /docs"
     return FieldError(field=field, message=message)
@@ -174,7 +183,7 @@ def error_response(
     *,
     detail: Any = None,
     param: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     """An error in the shape the API under `path` uses."""
     if is_openai_path(path):
@@ -206,7 +215,7 @@ def serve_error_response(path: str, error: ServeError) -> Response:
     if error.status in (429, 503):
         headers["Retry-After"] = str(max(1, round(error.retry_after or 1)))
     fields = error.errors if isinstance(error, RequestValidationError) else None
-    detail = [item.model_dump() for item in fields] if fields else error.hint
+    detail = [item.model_dump() for item in fields] if fields else None
     param = error.field if isinstance(error, RequestValidationError) else None
     return error_response(
         path, error.status, error.code, str(error), detail=detail, param=param, headers=headers

@@ -19,7 +19,7 @@ _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def to_seconds(value: object) -> object:
-    """Read a duration as Ollama does: seconds as a number, or text like `500ms`, `30s`, `5m`, `1h`."""
+    """Read a duration as Ollama does: seconds, or text like `500ms`, `30s`, `5m`, `1h`."""
     if not isinstance(value, str):
         return value
     match = _DURATION.match(value)
@@ -39,7 +39,7 @@ Duration = Annotated[
         }
     ),
 ]
-Texts = Annotated[str | list[str], Field(min_length=1, max_length=2048)]
+Texts = str | Annotated[list[str], Field(min_length=1, max_length=2048)]
 
 
 class InferOptions(BaseModel):
@@ -296,7 +296,9 @@ async def infer(request: Request) -> Response:
     )
     record_timing(request, result)
     return PydanticResponse(
-        InferResponse(model=name, revision=served.revision, result=result.result, timing=_timing(result))
+        InferResponse(
+            model=name, revision=served.revision, result=result.result, timing=_timing(result)
+        )
     )
 
 

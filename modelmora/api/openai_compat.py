@@ -7,7 +7,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,7 +44,7 @@ class OpenAIRequest(BaseModel):
 class EmbeddingsRequest(OpenAIRequest):
     """`POST /v1/embeddings`; token-id inputs are not supported."""
 
-    input: str | list[str] = Field(min_length=1, max_length=2048)
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
 
@@ -102,7 +102,7 @@ class SamplingRequest(OpenAIRequest):
 class CompletionRequest(SamplingRequest):
     """`POST /v1/completions`: one prompt (a list of one is accepted)."""
 
-    prompt: str | list[str] = Field(min_length=1, max_length=1)
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
 
     def runtime_request(self) -> dict[str, Any]:
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -114,7 +114,7 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatCompletionMessage(BaseModel):
     """A chat turn; content parts other than text are not supported."""
 
     model_config = ConfigDict(extra="ignore")
@@ -131,7 +131,7 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingRequest):
     """`POST /v1/chat/completions`."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatCompletionMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
 
     def runtime_request(self) -> dict[str, Any]:
@@ -297,7 +297,8 @@ async def _generate(request: Request, body: SamplingRequest, runtime: Chunk) -> 
 
 
 def _usage(result: Chunk) -> Usage:
-    prompt, completion = result["prompt_tokens"], result["completion_tokens"]
+    """Token counts; a runtime that does not count them reports zeros."""
+    prompt, completion = result.get("prompt_tokens", 0), result.get("completion_tokens", 0)
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
@@ -317,7 +318,7 @@ async def _stream(
     _served(request, body.model, "text-generation")
     chunks = app_state(request).supervisor.stream(body.model, runtime, keep_alive=body.keep_alive)
     try:
-        first = await anext(chunks)
+        first = await anext(chunks, {"text": "", "finish_reason": "stop"})
     except BaseException:
         await _close(chunks)
         raise
@@ -395,7 +396,9 @@ def _invalid(message: str, param: str) -> InvalidInputError:
     return RequestValidationError([FieldError(field=param, message=message)])
 
 
-def _endpoint(path: str, method: Literal["GET", "POST"], handler: Handler, **schemas: Any) -> Endpoint:
+def _endpoint(
+    path: str, method: Literal["GET", "POST"], handler: Handler, **schemas: Any
+) -> Endpoint:
     return Endpoint(path, method, handler, tag="openai", error=OpenAIError, **schemas)
 
 

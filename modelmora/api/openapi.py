@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ def openapi_document(
 
 
 SchemaKey = tuple[type[BaseModel], JsonSchemaMode]
+Refs = Mapping[tuple[Any, JsonSchemaMode], dict[str, Any]]
 
 
 def _schema_models(endpoints: Sequence[Endpoint], error: type[BaseModel]) -> list[SchemaKey]:
@@ -73,9 +74,7 @@ def _schema_models(endpoints: Sequence[Endpoint], error: type[BaseModel]) -> lis
     return list(keys)
 
 
-def _operation(
-    endpoint: Endpoint, refs: dict[SchemaKey, dict[str, Any]], error: type[BaseModel]
-) -> dict[str, Any]:
+def _operation(endpoint: Endpoint, refs: Refs, error: type[BaseModel]) -> dict[str, Any]:
     """One OpenAPI operation: summary from the handler's docstring, parameters, body, responses."""
     operation: dict[str, Any] = {
         "summary": (endpoint.handler.__doc__ or "").strip().splitlines()[0],
@@ -94,7 +93,7 @@ def _operation(
     return operation
 
 
-def _response_schema(endpoint: Endpoint, refs: dict[SchemaKey, dict[str, Any]]) -> dict[str, Any]:
+def _response_schema(endpoint: Endpoint, refs: Refs) -> dict[str, Any]:
     if endpoint.response is None:
         return {"type": "string"}
     return refs[endpoint.response, "serialization"]
@@ -180,7 +179,8 @@ body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
 pre {{ background: #f6f8fa; padding: .75rem; overflow-x: auto; }}
 th {{ text-align: left; padding-right: 1rem; }}
 </style></head>
-<body><h1>{title}</h1><p>The machine-readable document is at <a href="/openapi.json">/openapi.json</a>.</p>
+<body><h1>{title}</h1>
+<p>The machine-readable document is at <a href="/openapi.json">/openapi.json</a>.</p>
 <h2>Endpoints</h2>{operations}
 <h2>Schemas</h2>{schemas}
 </body></html>

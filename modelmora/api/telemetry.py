@@ -1,0 +1,230 @@
+"""What the server records: request ids, one JSON log line per request, Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelmora.api.http import API_VERSION, API_VERSION_HEADER, error_response
+from modelmora.api.openapi import Endpoint
+from modelmora.supervisor import InferenceResult, Supervisor
+
+access_log = logging.getLogger("modelmora.access")
+error_log = logging.getLogger("modelmora.server")
+_REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    """The app's own Prometheus registry: never the global one, so two apps stay apart."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = self._counter("requests", "HTTP requests.", "endpoint", "model", "status")
+        self.latency = self._histogram(
+            "request_duration_seconds",
+            "HTTP request latency.",
+            _LATENCY_BUCKETS,
+            "endpoint",
+            "model",
+        )
+        self.queue = self._histogram(
+            "queue_seconds", "Time requests waited for a worker.", _LATENCY_BUCKETS, "model"
+        )
+        self.load_wait = self._histogram(
+            "load_wait_seconds",
+            "Time requests waited for their model to load.",
+            _LOAD_BUCKETS,
+            "model",
+        )
+        self.inference = self._histogram(
+            "inference_seconds", "Time a worker spent on a request.", _LATENCY_BUCKETS, "model"
+        )
+        self.load_time = self._histogram(
+            "model_load_seconds",
+            "Time to start a worker and load its model.",
+            _LOAD_BUCKETS,
+            "model",
+        )
+        self.events = self._counter(
+            "model_events", "Loads, unloads, evictions, crashes.", "model", "event"
+        )
+        self.registry.register(WorkerCollector(supervisor))
+        ProcessCollector(registry=self.registry)
+        supervisor.add_listener(self.on_model_event)
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(f"modelmora_{name}", doc, labels, registry=self.registry)
+
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...], *labels: str
+    ) -> Histogram:
+        return Histogram(f"modelmora_{name}", doc, labels, buckets=buckets, registry=self.registry)
+
+    def on_model_event(self, event: str, model: str, seconds: float) -> None:
+        """Supervisor listener: count the event; a load also records how long it took."""
+        self.events.labels(model, event).inc()
+        if event == "load":
+            self.load_time.labels(model).observe(seconds)
+
+    def observe_request(
+        self, endpoint: str, model: str, status: int, seconds: float, timing: Any
+    ) -> None:
+        """Count one finished request; inference requests also split queue, load and compute."""
+        self.requests.labels(endpoint, model, str(status)).inc()
+        self.latency.labels(endpoint, model).observe(seconds)
+        if isinstance(timing, InferenceResult):
+            self.queue.labels(model).observe(timing.queue_ms / 1000)
+            self.load_wait.labels(model).observe(timing.load_ms / 1000)
+            self.inference.labels(model).observe(timing.inference_ms / 1000)
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
+
+
+class WorkerCollector(Collector):
+    """Per-model gauges read from the supervisor at scrape time, so they are never stale."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        memory = GaugeMetricFamily(
+            "modelmora_worker_memory_bytes", "Memory of the model's worker.", labels=["model"]
+        )
+        in_flight = GaugeMetricFamily(
+            "modelmora_in_flight_requests", "Requests the model is working on.", labels=["model"]
+        )
+        state = GaugeMetricFamily(
+            "modelmora_model_state", "1 for the model's current state.", labels=["model", "state"]
+        )
+        for status in self.supervisor.statuses():
+            if status.memory_bytes is not None:
+                memory.add_metric([status.name], status.memory_bytes)
+            in_flight.add_metric([status.name], status.in_flight)
+            state.add_metric([status.name, status.state], 1)
+        yield from (memory, in_flight, state)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, latency, queue vs inference time, loads, worker memory."""
+    registry = cast(Metrics, request.app.state.metrics)
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+METRICS_ENDPOINT = Endpoint("/metrics", "GET", metrics, tag="telemetry", media_type="text/plain")
+
+
+class RequestMiddleware:
+    """Outermost middleware: request id in and out, API version header, access log, metrics.
+
+    It also turns an unexpected exception into a 500 in the API's error shape itself, because
+    Starlette's ServerErrorMiddleware answers outside this middleware, without the headers.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log_enabled: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log_enabled = access_log_enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        status = 500
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status, response_started = message["status"], True
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+                headers.append(API_VERSION_HEADER, API_VERSION)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            error_log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+            if response_started:
+                raise
+            response = error_response(
+                scope["path"], 500, "internal_error", f"internal error; request id {request_id}"
+            )
+            await response(scope, receive, send_with_headers)
+        finally:
+            self._record(scope, status, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        state = scope.get("state", {})
+        model = state.get("model", "")
+        route = scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        self.metrics.observe_request(endpoint, model, status, seconds, state.get("timing"))
+        if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "request_id": request_id,
+                "model": model or None,
+            }
+            access_log.info("request", extra={"fields": fields})
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new one."""
+    given = Headers(scope=scope).get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """logging.dictConfig for the server: uvicorn's loggers and ours, all as JSON on stderr."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    logger = {"handlers": ["json"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {name: logger for name in ("uvicorn", "uvicorn.error", "modelmora")},
+    }

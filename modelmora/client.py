@@ -1,0 +1,174 @@
+"""Talk to a running `modelmora serve`: the calls behind `modelmora ps` and `modelmora run`.
+
+Plain httpx; no server code is imported, so the CLI stays light. Errors come back as the
+`ServeError` subclass the server raised, with its message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from modelmora.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ServeError,
+    UnavailableError,
+    UnknownModelError,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+_ERRORS: dict[str, type[ServeError]] = {
+    cls.code: cls
+    for cls in (
+        UnknownModelError,
+        InvalidInputError,
+        PayloadTooLargeError,
+        UnavailableError,
+        DeadlineExceededError,
+        OverloadedError,
+    )
+}
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """One row of `modelmora ps`."""
+
+    name: str
+    task: str
+    state: str
+    device: str | None
+    memory_bytes: int | None
+    pid: int | None
+    last_used: float | None
+    expires_at: float | None
+    in_flight: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class InferenceReply:
+    """The answer of `POST /infer/{name}`."""
+
+    model: str
+    revision: str
+    result: Any
+    queue_ms: float
+    load_ms: float
+    inference_ms: float
+
+
+class Client:
+    """A connection to one server; `api_key` when it was started with one."""
+
+    def __init__(
+        self, url: str = DEFAULT_URL, *, api_key: str | None = None, timeout: float = 300.0
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url = url
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def models(self) -> list[RunningModel]:
+        """Every served model with its state, memory, pid and expiry (all pages)."""
+        rows: list[RunningModel] = []
+        page = 1
+        while True:
+            body = self._call("GET", "/models", params={"page": page, "limit": 1000})
+            rows += [_running_model(item) for item in body["models"]]
+            if len(rows) >= body["total"] or not body["models"]:
+                return rows
+            page += 1
+
+    def model(self, name: str) -> RunningModel:
+        """One model's row."""
+        return _running_model(self._call("GET", f"/models/{name}"))
+
+    def infer(self, name: str, inputs: Any, **options: Any) -> InferenceReply:
+        """One inference: `inputs` is a text or list of texts; options are the task's fields."""
+        body = self._call("POST", f"/infer/{name}", json={"inputs": inputs, **options})
+        return InferenceReply(
+            model=body["model"], revision=body["revision"], result=body["result"], **body["timing"]
+        )
+
+    def stream_text(self, name: str, prompt: str, **options: Any) -> Iterator[str]:
+        """Generated text as it comes (text-generation models), through /v1/completions."""
+        payload = {"model": name, "prompt": prompt, "stream": True, **options}
+        with (
+            self._unreachable_as_error(),
+            self._http.stream("POST", "/v1/completions", json=payload) as response,
+        ):
+            if response.is_error:
+                response.read()
+                raise _error(response)
+            for line in response.iter_lines():
+                piece = _sse_text(line)
+                if piece:
+                    yield piece
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request; the parsed JSON body, or the server's error raised as a ServeError."""
+        with self._unreachable_as_error():
+            response = self._http.request(method, path, **kwargs)
+        if response.is_error:
+            raise _error(response)
+        return response.json()
+
+    @contextmanager
+    def _unreachable_as_error(self) -> Iterator[None]:
+        """A connection problem becomes one line that says how to start a server."""
+        try:
+            yield
+        except httpx.TransportError as error:
+            raise ServeError(
+                f"no ModelMora server answers at {self.url} ({type(error).__name__}: {error})",
+                hint="start one with `modelmora serve`",
+            ) from None
+
+
+def _sse_text(line: str) -> str:
+    """The text of one server-sent event line; an error event is raised."""
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return ""
+    event = json.loads(line.removeprefix("data: "))
+    if "error" in event:
+        error = event["error"]
+        raise _ERRORS.get(error.get("code"), ServeError)(error.get("message", "stream failed"))
+    choices = event.get("choices") or [{}]
+    text: str = choices[0].get("text") or ""
+    return text
+
+
+def _error(response: httpx.Response) -> ServeError:
+    """The ServeError that a server's error response stands for."""
+    try:
+        error: Mapping[str, Any] = response.json()["error"]
+        code, message = str(error.get("code")), str(error.get("message"))
+    except (ValueError, KeyError, TypeError):
+        code, message = "", response.text[:200] or response.reason_phrase
+    if response.status_code == 401:
+        return ServeError(message, hint="pass the server's API key (--api-key)")
+    retry_after = response.headers.get("retry-after")
+    cls = _ERRORS.get(code, ServeError)
+    return cls(message, retry_after=float(retry_after) if retry_after else None)
+
+
+def _running_model(item: Mapping[str, Any]) -> RunningModel:
+    values: dict[str, Any] = {key: item.get(key) for key in RunningModel.__dataclass_fields__}
+    return RunningModel(**values)

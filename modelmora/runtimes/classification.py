@@ -1,0 +1,48 @@
+"""The `text-classification` task: labels and scores for each input text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelmora.runtimes import ModelSpec
+from modelmora.runtimes.base import TransformersRuntime, int_field, text_list
+
+
+class ClassificationRuntime(TransformersRuntime):
+    """Request {"inputs": [str], "top_k": int | None}; result {"predictions", "prompt_tokens"}."""
+
+    task = "text-classification"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: list[str] = []
+        self.multi_label = False
+
+    def load(self, spec: ModelSpec) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        self.load_pretrained(AutoModelForSequenceClassification, spec)
+        config = self.model.config
+        self.labels = [str(config.id2label[index]) for index in range(config.num_labels)]
+        # Multi-label models score each label on its own (sigmoid); the others share one softmax.
+        self.multi_label = config.problem_type == "multi_label_classification"
+
+    def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        texts = text_list(request)
+        top_k = int_field(request, "top_k", 1, minimum=1)
+        batch = self.tokenize(texts)
+        with torch.inference_mode():
+            logits = self.model(**batch).logits.float()
+        scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+        return {
+            "predictions": [self._ranked(row, top_k) for row in scores.cpu().tolist()],
+            "prompt_tokens": int(batch["attention_mask"].sum()),
+        }
+
+    def _ranked(self, scores: list[float], top_k: int | None) -> list[dict[str, Any]]:
+        ranked = sorted(
+            zip(self.labels, scores, strict=True), key=lambda pair: pair[1], reverse=True
+        )
+        return [{"label": label, "score": score} for label, score in ranked[:top_k]]
