@@ -1,0 +1,336 @@
+"""Async jobs, kept in SQLite so that a job once accepted runs, across crashes and restarts.
+
+    create() ──► queued ──mark_running()──► running ──► succeeded | failed
+                   └──cancel()──► cancelled          a restart puts running jobs back to queued
+
+One file (`.modelmora/jobs.sqlite3` in the project; the path is given) in WAL mode with
+synchronous=FULL: `create()` returns once the job is committed and on disk, so a 202 never lies.
+All SQLite work runs on one dedicated thread with one connection: the event loop never waits on the
+disk, and writes never contend. Finished jobs are removed `retention` seconds after they finish
+(`purge_finished()`); the server calls it now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast, get_args
+
+from modelmora.errors import InvalidInputError, ServeError
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATES: tuple[JobState, ...] = get_args(JobState)
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+DEFAULT_RETENTION = 24 * 3600.0
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL,
+    input TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    timeout REAL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model, seq);
+"""
+T = TypeVar("T")
+
+
+class JobNotFoundError(ServeError):
+    status = 404
+    code = "job_not_found"
+
+
+class JobNotCancellableError(ServeError):
+    """Only a queued job can be cancelled: a running one is already on a worker."""
+
+    status = 409
+    code = "job_not_cancellable"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    model: str
+    input: Any
+    priority: int
+    timeout: float | None
+    """Seconds a run may take once started; None means the server's default."""
+    state: JobState
+    created_at: float
+    """Unix time, like started_at and finished_at."""
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    """How many times the job was started; more than one after a restart."""
+    result: Any
+    error: Mapping[str, Any] | None
+
+    @property
+    def queue_ms(self) -> float | None:
+        return _ms_between(self.created_at, self.started_at)
+
+    @property
+    def run_ms(self) -> float | None:
+        return _ms_between(self.started_at, self.finished_at)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    total: int
+    page: int
+    limit: int
+
+
+class JobStore:
+    """The jobs of one project. Open it (or use `async with`), then await its methods."""
+
+    def __init__(self, path: Path, *, retention: float = DEFAULT_RETENTION) -> None:
+        self.path = path
+        self.retention = retention
+        self._executor: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
+
+    async def open(self) -> JobStore:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="modelmora-jobs")
+        await self._run(self._connect)
+        return self
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._disconnect)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def __aenter__(self) -> JobStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # the API
+
+    async def create(
+        self, model: str, input: Any, *, priority: int = 1, timeout: float | None = None
+    ) -> Job:
+        """Store a queued job; when this returns, the job is on disk."""
+        job_id = uuid.uuid4().hex
+        row = (job_id, model, _dump(input), priority, timeout, "queued", time.time())
+        await self._run(self._insert, row)
+        return await self.get(job_id)
+
+    async def get(self, job_id: str) -> Job:
+        return await self._run(self._get, job_id)
+
+    async def list_jobs(
+        self,
+        *,
+        model: str | None = None,
+        state: str | None = None,
+        page: int = 1,
+        limit: int = 50,
+    ) -> JobPage:
+        """Newest first, filtered by model and state."""
+        if state is not None and state not in JOB_STATES:
+            raise InvalidInputError(f"state '{state}' is not one of {', '.join(JOB_STATES)}")
+        if page < 1 or limit < 1:
+            raise InvalidInputError("page and limit start at 1")
+        return await self._run(self._list, model, state, page, limit)
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job; cancelling a cancelled job again is fine, a started one is not."""
+        return await self._run(self._cancel, job_id)
+
+    async def mark_running(self, job_id: str) -> Job | None:
+        """Start a queued job; None if it is not queued any more (cancelled meanwhile)."""
+        return await self._run(self._mark_running, job_id)
+
+    async def mark_succeeded(self, job_id: str, result: Any) -> Job:
+        return await self._run(self._finish, job_id, "succeeded", _dump(result), None)
+
+    async def mark_failed(self, job_id: str, error: Mapping[str, Any]) -> Job:
+        """`error` as the API shows it, e.g. {"code", "message"}."""
+        return await self._run(self._finish, job_id, "failed", None, _dump(error))
+
+    async def requeue_interrupted(self) -> list[Job]:
+        """At start: jobs that were running go back to queued; all queued jobs, in run order."""
+        return await self._run(self._requeue)
+
+    async def purge_finished(self, older_than: float | None = None) -> int:
+        """Remove jobs finished more than `older_than` seconds ago (default: the retention)."""
+        age = self.retention if older_than is None else older_than
+        return await self._run(self._purge, time.time() - age)
+
+    # on the database thread
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError("the job store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: every statement commits on its own, or inside our BEGIN..COMMIT
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")  # committed means on disk, not only in WAL
+        connection.execute("PRAGMA busy_timeout=5000")  # `modelmora jobs` may read meanwhile
+        connection.executescript(SCHEMA)
+        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._connection = connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._connection is not None, "opened by open()"
+        return self._connection
+
+    def _insert(self, row: tuple[Any, ...]) -> None:
+        self._db.execute(
+            "INSERT INTO jobs (id, model, input, priority, timeout, state, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+
+    def _get(self, job_id: str) -> Job:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(
+                f"there is no job '{job_id}'",
+                hint="finished jobs are removed after the retention time; list them with GET /jobs",
+            )
+        return _job_from(row)
+
+    def _list(self, model: str | None, state: str | None, page: int, limit: int) -> JobPage:
+        where, params = _filters(model=model, state=state)
+        total = self._db.execute(f"SELECT COUNT(*) FROM jobs{where}", params).fetchone()[0]
+        rows = self._db.execute(
+            f"SELECT * FROM jobs{where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+            (*params, limit, (page - 1) * limit),
+        ).fetchall()
+        return JobPage([_job_from(row) for row in rows], total, page, limit)
+
+    def _cancel(self, job_id: str) -> Job:
+        changed = self._db.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?"
+            " WHERE id = ? AND state = 'queued'",
+            (time.time(), job_id),
+        ).rowcount
+        job = self._get(job_id)
+        if not changed and job.state != "cancelled":
+            raise JobNotCancellableError(
+                f"job '{job_id}' is {job.state}, only a queued job can be cancelled",
+                hint="wait for it to finish" if job.state == "running" else None,
+            )
+        return job
+
+    def _mark_running(self, job_id: str) -> Job | None:
+        changed = self._db.execute(
+            "UPDATE jobs SET state = 'running', started_at = ?, attempts = attempts + 1"
+            " WHERE id = ? AND state = 'queued'",
+            (time.time(), job_id),
+        ).rowcount
+        return self._get(job_id) if changed else None
+
+    def _finish(self, job_id: str, state: JobState, result: str | None, error: str | None) -> Job:
+        self._db.execute(
+            "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?"
+            " WHERE id = ? AND state = 'running'",
+            (state, time.time(), result, error, job_id),
+        )
+        return self._get(job_id)
+
+    def _requeue(self) -> list[Job]:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'"
+            )
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, seq"
+            ).fetchall()
+        return [_job_from(row) for row in rows]
+
+    def _purge(self, finished_before: float) -> int:
+        marks = ", ".join("?" for _ in FINISHED_STATES)
+        return self._db.execute(
+            f"DELETE FROM jobs WHERE state IN ({marks}) AND finished_at < ?",
+            (*FINISHED_STATES, finished_before),
+        ).rowcount
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Several statements as one (each commits on its own otherwise: isolation_level=None)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+def _filters(**equal_to: str | None) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause for the filters that are set; the names are ours, the values parameters."""
+    chosen = {name: value for name, value in equal_to.items() if value is not None}
+    if not chosen:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{name} = ?" for name in chosen), tuple(chosen.values())
+
+
+def _job_from(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        model=row["model"],
+        input=json.loads(row["input"]),
+        priority=row["priority"],
+        timeout=row["timeout"],
+        state=cast(JobState, row["state"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        attempts=row["attempts"],
+        result=_load(row["result"]),
+        error=_load(row["error"]),
+    )
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _ms_between(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else (end - start) * 1000
