@@ -320,6 +320,108 @@ def path(name: str = typer.Argument(help="The model whose folder to print.")) ->
     print(project.model_path(_project(), name))
 
 
+# --- serving commands ---------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1]."),
+    port: int | None = typer.Option(None, help="Port [default: 8000]."),
+    max_loaded_models: int | None = typer.Option(None, help="Most models loaded at once (0: any)."),
+    memory_budget: str | None = typer.Option(None, help="Memory all workers may use, e.g. 8GB."),
+    keep_alive: str | None = typer.Option(None, help="Idle time before unload: 5m, 0, -1 (never)."),
+    preload: list[str] | None = typer.Option(None, help="Load this model at start; repeatable."),
+    api_key: str | None = typer.Option(None, help="Require `Authorization: Bearer KEY`."),
+    frozen: bool = typer.Option(False, "--frozen", help="Never lock or install; fail instead."),
+    offline: bool = typer.Option(False, help="Install from the cache only."),
+) -> None:
+    """Serve the project's models over HTTP (native and OpenAI-compatible APIs)."""
+    import os
+
+    from modelmora import project, settings
+    from modelmora.server import run_server, served_models, supervisor_settings
+
+    current = _project()
+    installed = project.installed_models(current, frozen=frozen, offline=offline)
+    flags = {
+        "host": host, "port": port, "max_loaded_models": max_loaded_models,
+        "memory_budget": memory_budget, "keep_alive": keep_alive, "preload": tuple(preload or ()),
+        "api_key": api_key,
+    }
+    manifest = current.manifest()
+    config = settings.resolve(flags, os.environ, manifest.serve, manifest.path.name)
+    models = served_models(installed, config.preload)
+    say(f"Serving {plural(len(models), 'model')} on http://{config.host}:{config.port}")
+    run_server(models, supervisor_settings(config), _server_settings(config))
+
+
+def _server_settings(config: Any) -> Any:
+    from modelmora.server import ServerSettings
+
+    return ServerSettings(
+        host=config.host, port=config.port, api_key=config.api_key,
+        max_body_bytes=config.max_body_bytes, log_level="quiet" if options.quiet else "info",
+    )
+
+
+def _client(url: str, api_key: str | None) -> Any:
+    from modelmora.client import Client
+
+    return Client(url, api_key=api_key)
+
+
+URL_OPTION = typer.Option("http://127.0.0.1:8000", "--url", envvar="MODELMORA_URL", help="Server.")
+KEY_OPTION = typer.Option(None, "--api-key", envvar="MODELMORA_API_KEY", help="API key.")
+
+
+@app.command()
+def run(
+    name: str = typer.Argument(metavar="NAME", help="The model to run."),
+    text: list[str] = typer.Argument(metavar="INPUT...", help="Text(s) to embed, classify or continue."),
+    max_new_tokens: int | None = typer.Option(None, help="Generation: most tokens to produce."),
+    temperature: float | None = typer.Option(None, help="Generation: 0 is greedy."),
+    url: str = URL_OPTION,
+    api_key: str | None = KEY_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the whole reply as JSON."),
+) -> None:
+    """Run one inference on a running server (`modelmora serve`), like `ollama run`."""
+    opts = {k: v for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature}.items() if v is not None}
+    with _client(url, api_key) as client:
+        model = client.model(name)
+        if model.task == "text-generation" and not as_json:
+            for piece in client.stream_text(name, " ".join(text), **opts):
+                print(piece, end="", flush=True)
+            print()
+            return
+        reply = client.infer(name, text if len(text) > 1 else text[0], **opts)
+    emit_json(vars(reply) if as_json else reply.result)
+
+
+@app.command()
+def ps(
+    url: str = URL_OPTION,
+    api_key: str | None = KEY_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Show what a running server has loaded: state, memory, pid, expiry."""
+    import time
+
+    from rich.table import Table
+
+    with _client(url, api_key) as client:
+        models = client.models()
+    if as_json:
+        return emit_json([vars(model) for model in models])
+    table = Table(box=None, pad_edge=False)
+    for column in ("name", "task", "state", "memory", "pid", "device", "expires"):
+        table.add_column(column)
+    for model in models:
+        expires = "-" if model.expires_at is None else f"in {max(0, model.expires_at - time.time()):.0f}s"
+        memory = human_size(model.memory_bytes) if model.memory_bytes else "-"
+        table.add_row(model.name, model.task, model.state, memory, str(model.pid or "-"), model.device or "-", expires)
+    _console().print(table)
+
+
 # --- cache commands -----------------------------------------------------------------------------
 
 

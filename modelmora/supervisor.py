@@ -219,6 +219,8 @@ class Supervisor:
         self.default_threads = default_threads(settings, len(models))
         self.listeners: list[Listener] = []
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.watchers: set[asyncio.Task[Any]] = set()
+        """One per worker: it sees the worker's end through, so stop() never cancels it."""
         self.changed = asyncio.Event()
         self.health: asyncio.Task[None] | None = None
         self.is_stopping = False
@@ -279,7 +281,7 @@ class Supervisor:
     async def start(self) -> None:
         """Start the template (imports take seconds: start them now), health checks, preloads."""
         self.launcher.start_template()
-        self.health = asyncio.create_task(self.check_health(), name="modelmora-health")
+        self.health = self.track(self.check_health())
         for slot in self.slots.values():
             if slot.model.preload:
                 self.track(self.preload(slot))
@@ -295,10 +297,15 @@ class Supervisor:
         if self.health is not None:
             self.health.cancel()
         await self.wait_until(self.is_drained, self.settings.drain_timeout)
+        await self.end_workers()
+        await self.finish_tasks()
+        await self.end_workers()  # one a cancelled load had just started
+        await asyncio.gather(*self.watchers, return_exceptions=True)
+        await self.launcher.stop()
+
+    async def end_workers(self) -> None:
         workers = [slot.worker for slot in self.slots.values() if slot.worker is not None]
         await asyncio.gather(*(self.end_worker(worker, "shutdown") for worker in workers))
-        await self.finish_tasks()
-        await self.launcher.stop()
 
     async def load(self, name: str) -> ModelStatus:
         slot = self.slot(name)
@@ -358,9 +365,10 @@ class Supervisor:
         async with self.request_scope(slot, keep_alive):
             worker, _ = await self.ready_worker(slot, deadline)
             async with self.in_flight(slot, worker, request, stream=True) as call:
-                while (message := await deadline.run(call.reply(), slot.name, "streaming"))[
-                    "kind"
-                ] == "chunk":
+                while True:
+                    message = await deadline.run(call.reply(), slot.name, "streaming")
+                    if message["kind"] != "chunk":
+                        return
                     slot.last_used = time.time()  # a long stream is activity, not idleness
                     yield message["data"]
                     deadline = self.deadline(timeout)
@@ -450,7 +458,9 @@ class Supervisor:
             raise UnavailableError("ModelMora is shutting down", retry_after=5)
         worker = await self.launcher.start(slot.name, slot.model.device)
         slot.worker = worker
-        self.track(self.watch(slot, worker))
+        watcher = self.track(self.watch(slot, worker))
+        self.watchers.add(watcher)
+        watcher.add_done_callback(self.watchers.discard)
         worker.send(
             {
                 "kind": "load",
@@ -587,7 +597,8 @@ class Supervisor:
             return
         logger.warning("worker for '%s' ignored SIGTERM; killing it", worker.name)
         worker.process.signal(signal.SIGKILL)
-        await worker.done.wait()
+        with contextlib.suppress(TimeoutError):  # never hang a shutdown on one process
+            await asyncio.wait_for(worker.done.wait(), 2 * EXIT_REPORT_TIMEOUT)
 
     def schedule_idle_unload(self, slot: Slot) -> None:
         self.cancel_idle_timer(slot)
@@ -772,9 +783,10 @@ class Supervisor:
             logger.error("background task failed", exc_info=error)
 
     async def finish_tasks(self) -> None:
-        for task in list(self.tasks):
+        """Cancel what is left (loads, pings, timers' unloads), then wait for everything."""
+        for task in self.tasks - self.watchers:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(self.tasks - self.watchers), return_exceptions=True)
 
     def emit(self, event: str, name: str, seconds: float) -> None:
         for listener in self.listeners:
