@@ -344,8 +344,12 @@ def serve(
     current = _project()
     installed = project.installed_models(current, frozen=frozen, offline=offline)
     flags = {
-        "host": host, "port": port, "max_loaded_models": max_loaded_models,
-        "memory_budget": memory_budget, "keep_alive": keep_alive, "preload": tuple(preload or ()),
+        "host": host,
+        "port": port,
+        "max_loaded_models": max_loaded_models,
+        "memory_budget": memory_budget,
+        "keep_alive": keep_alive,
+        "preload": tuple(preload or ()),
         "api_key": api_key,
     }
     manifest = current.manifest()
@@ -359,8 +363,11 @@ def _server_settings(config: Any) -> Any:
     from modelmora.server import ServerSettings
 
     return ServerSettings(
-        host=config.host, port=config.port, api_key=config.api_key,
-        max_body_bytes=config.max_body_bytes, log_level="quiet" if options.quiet else "info",
+        host=config.host,
+        port=config.port,
+        api_key=config.api_key,
+        max_body_bytes=config.max_body_bytes,
+        log_level="quiet" if options.quiet else "info",
     )
 
 
@@ -377,7 +384,9 @@ KEY_OPTION = typer.Option(None, "--api-key", envvar="MODELMORA_API_KEY", help="A
 @app.command()
 def run(
     name: str = typer.Argument(metavar="NAME", help="The model to run."),
-    text: list[str] = typer.Argument(metavar="INPUT...", help="Text(s) to embed, classify or continue."),
+    text: list[str] = typer.Argument(
+        metavar="INPUT...", help="Text(s) to embed, classify or continue."
+    ),
     max_new_tokens: int | None = typer.Option(None, help="Generation: most tokens to produce."),
     temperature: float | None = typer.Option(None, help="Generation: 0 is greedy."),
     url: str = URL_OPTION,
@@ -385,7 +394,11 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the whole reply as JSON."),
 ) -> None:
     """Run one inference on a running server (`modelmora serve`), like `ollama run`."""
-    opts = {k: v for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature}.items() if v is not None}
+    opts = {
+        k: v
+        for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature}.items()
+        if v is not None
+    }
     with _client(url, api_key) as client:
         model = client.model(name)
         if model.task == "text-generation" and not as_json:
@@ -416,9 +429,19 @@ def ps(
     for column in ("name", "task", "state", "memory", "pid", "device", "expires"):
         table.add_column(column)
     for model in models:
-        expires = "-" if model.expires_at is None else f"in {max(0, model.expires_at - time.time()):.0f}s"
+        expires = (
+            "-" if model.expires_at is None else f"in {max(0, model.expires_at - time.time()):.0f}s"
+        )
         memory = human_size(model.memory_bytes) if model.memory_bytes else "-"
-        table.add_row(model.name, model.task, model.state, memory, str(model.pid or "-"), model.device or "-", expires)
+        table.add_row(
+            model.name,
+            model.task,
+            model.state,
+            memory,
+            str(model.pid or "-"),
+            model.device or "-",
+            expires,
+        )
     _console().print(table)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,10 +28,14 @@ from modelmora.api.http import (
 )
 from modelmora.api.openapi import document_routes, openapi_document
 from modelmora.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
-from modelmora.errors import ServeError
+from modelmora.errors import ModelmoraError, ServeError
+from modelmora.settings import ServeConfig, keep_alive_seconds
 from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
 
-__all__ = ["ServerSettings", "create_app", "run_server"]
+if TYPE_CHECKING:
+    from modelmora.project import InstalledModel
+
+__all__ = ["ServerSettings", "create_app", "run_server", "served_models", "supervisor_settings"]
 
 ENDPOINTS = [*native.ENDPOINTS, *openai_compat.ENDPOINTS, METRICS_ENDPOINT]
 
@@ -71,6 +76,43 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await supervisor.stop()
+
+
+def served_models(installed: Sequence[InstalledModel], preload: Sequence[str]) -> list[ServedModel]:
+    """What the supervisor serves: the project's installed models and their manifest entries."""
+    names = {model.spec.name for model in installed}
+    unknown = sorted(set(preload) - names)
+    if unknown:
+        raise ModelmoraError(f"--preload {unknown[0]}: no such model", "see `modelmora list`")
+    return [_served(model, model.spec.name in preload) for model in installed]
+
+
+def _served(model: InstalledModel, preload: bool) -> ServedModel:
+    spec = model.spec
+    return ServedModel(
+        name=spec.name,
+        task=spec.task,
+        path=model.path,
+        source=model.locked.source,
+        revision=model.locked.commit,
+        device=spec.device,
+        dtype=spec.dtype,
+        preload=spec.preload or preload,
+        keep_alive=keep_alive_seconds(spec.keep_alive, f"modelmora.toml: models.{spec.name}"),
+        threads=spec.threads,
+        runtime=spec.runtime,
+        options=spec.options,
+    )
+
+
+def supervisor_settings(config: ServeConfig) -> SupervisorSettings:
+    return SupervisorSettings(
+        max_loaded_models=config.max_loaded_models,
+        memory_budget=config.memory_budget,
+        keep_alive=config.keep_alive,
+        drain_timeout=config.drain_timeout,
+        request_timeout=config.request_timeout,
+    )
 
 
 def run_server(

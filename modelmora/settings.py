@@ -18,7 +18,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 
 
 def parse_duration(value: str | float | int) -> float:
-    """Seconds from `30`, `"30s"`, `"5m"`, `"1h"`, `"250ms"`; negative means never (Ollama's rule)."""
+    """Seconds from `30`, `"30s"`, `"5m"`, `"1h"`, `"250ms"`; negative means never (as Ollama)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     match = _DURATION.match(str(value))
@@ -118,7 +118,11 @@ def resolve(
 
 
 def _pick(
-    name: str, flags: Mapping[str, Any], env: Mapping[str, str], table: Mapping[str, Any], filename: str
+    name: str,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    table: Mapping[str, Any],
+    filename: str,
 ) -> tuple[Any, str]:
     variable = f"MODELMORA_{name.upper()}"
     if flags.get(name) not in (None, ()):
