@@ -1,0 +1,154 @@
+"""`modelmora serve`, `ps` and `run` as a person uses them: a real server process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from modelfactory import build_embedding_model
+
+from modelmora import settings
+from modelmora.errors import ModelmoraError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelmora", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def embedding_project(tmp_path: Path) -> Path:
+    build_embedding_model(tmp_path / "tiny-bert")
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "modelmora.toml").write_text(
+        '[project]\nname = "demo"\n\n[serve]\nkeep_alive = "10m"\n\n'
+        '[models.bert]\nsource = "../tiny-bert"\ntask = "embedding"\n'
+    )
+    return root
+
+
+@pytest.fixture
+def server(embedding_project: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelmora", "serve", "--preload", "bert"],
+        cwd=embedding_project, env={**os.environ, "MODELMORA_PORT": str(port)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become ready")
+
+
+def test_serve_installs_serves_and_stops_cleanly(
+    server: tuple[str, subprocess.Popen[str]], embedding_project: Path
+) -> None:
+    url, process = server
+    assert (embedding_project / "modelmora.lock").is_file()  # serve locked and installed first
+    reply = httpx.post(f"{url}/v1/embeddings", json={"model": "bert", "input": ["hello world"]})
+    assert reply.status_code == 200 and len(reply.json()["data"][0]["embedding"]) == 32
+
+    ps = cli("ps", "--url", url, "--json", cwd=embedding_project)
+    assert ps.returncode == 0, ps.stderr
+    [row] = json.loads(ps.stdout)
+    assert row["name"] == "bert" and row["state"] == "ready" and row["pid"]
+    assert row["expires_at"] is None  # preloaded models stay loaded
+    ran = cli("run", "bert", "hello", "world", "--url", url, cwd=embedding_project)
+    assert ran.returncode == 0, ran.stderr
+    assert len(json.loads(ran.stdout)["embeddings"]) == 2
+
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+
+
+def test_serve_frozen_refuses_to_install(embedding_project: Path) -> None:
+    result = cli("serve", "--frozen", cwd=embedding_project)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: no modelmora.lock in {embedding_project}; run `modelmora lock`"
+    ]
+
+
+def test_bad_serve_setting_is_one_line(embedding_project: Path) -> None:
+    result = cli("serve", cwd=embedding_project, env={"MODELMORA_KEEP_ALIVE": "soon"})
+    assert result.returncode == 1
+    assert "MODELMORA_KEEP_ALIVE: 'soon' is not a duration" in result.stderr
+
+
+def test_ps_without_a_server(tmp_path: Path) -> None:
+    result = cli("ps", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert result.returncode == 1 and "start one with `modelmora serve`" in result.stderr
+
+
+def test_settings_precedence_flag_then_env_then_manifest() -> None:
+    table = {"port": 9000, "keep_alive": "10m", "memory_budget": "8GB", "preload": ["a"]}
+    env = {"MODELMORA_PORT": "9100", "MODELMORA_PRELOAD": "b,c"}
+    config = settings.resolve({"port": 9200}, env, table, "modelmora.toml")
+    assert config.port == 9200
+    assert config.preload == ("b", "c")
+    assert config.keep_alive == 600.0 and config.memory_budget == 8_000_000_000
+    assert settings.resolve({}, env, table, "modelmora.toml").port == 9100
+    assert settings.resolve({}, {}, table, "modelmora.toml").port == 9000
+    assert settings.resolve({}, {}, {}, "modelmora.toml").host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5m", 300.0), ("30s", 30.0), ("0", 0.0), ("-1", -1.0), ("1h", 3600.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert settings.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("8GB", 8 * 10**9), ("512MiB", 512 * 2**20), ("2g", 2 * 10**9), ("100", 100)]
+)
+def test_sizes(text: str, size: int) -> None:
+    assert settings.parse_size(text) == size
+
+
+def test_unknown_serve_key_names_the_key() -> None:
+    with pytest.raises(ModelmoraError, match=r"modelmora\.toml: serve\.prot: unknown key"):
+        settings.resolve({}, {}, {"prot": 1}, "modelmora.toml")
