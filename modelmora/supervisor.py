@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 from modelmora.errors import DeadlineExceededError, ServeError, UnavailableError, UnknownModelError
 from modelmora.launcher import Call, Launcher, Worker, WorkerStart
 from modelmora.runtimes import ModelSpec
+from modelmora.scheduler import BatchSettings
 from modelmora.worker import DEFAULT_TEMPLATE_IMPORTS, EXIT_LOAD_FAILED, Message
 
 logger = logging.getLogger("modelmora.supervisor")
@@ -65,6 +66,8 @@ class ServedModel:
     threads: int | None = None
     runtime: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    """How the server's scheduler queues and batches this model's requests."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +375,12 @@ class Supervisor:
                     slot.last_used = time.time()  # a long stream is activity, not idleness
                     yield message["data"]
                     deadline = self.deadline(timeout)
+
+    def set_keep_alive(self, name: str, keep_alive: float) -> None:
+        """A request's keep-alive, for requests that reached the worker inside a batch."""
+        slot = self.slot(name)
+        slot.keep_alive = self.default_keep_alive(slot.model, keep_alive)
+        self.schedule_idle_unload(slot)
 
     def deadline(self, timeout: float | None) -> Deadline:
         return Deadline(self.settings.request_timeout if timeout is None else timeout)

@@ -94,6 +94,12 @@ class TransformersRuntime:
         return min(known) if known else 512
 
 
+def token_counts(attention_mask: torch.Tensor) -> dict[str, Any]:
+    """Tokens per input and in all: the server splits a batch's usage back to its requests."""
+    per_input = [int(count) for count in attention_mask.sum(dim=1).tolist()]
+    return {"prompt_tokens": sum(per_input), "input_tokens": per_input}
+
+
 def require_snapshot(path: str) -> Path:
     folder = Path(path)
     if not folder.is_dir():

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from modelmora.runtimes import ModelSpec
-from modelmora.runtimes.base import TransformersRuntime, int_field, text_list
+from modelmora.runtimes.base import TransformersRuntime, token_counts, int_field, text_list
 
 
 class ClassificationRuntime(TransformersRuntime):
-    """Request {"inputs": [str], "top_k": int | None}; result {"predictions", "prompt_tokens"}."""
+    """Request {"inputs": [str], "top_k": int | None}; result {"predictions", "prompt_tokens", "input_tokens"}."""
 
     task = "text-classification"
 
@@ -38,7 +38,7 @@ class ClassificationRuntime(TransformersRuntime):
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
         return {
             "predictions": [self._ranked(row, top_k) for row in scores.cpu().tolist()],
-            "prompt_tokens": int(batch["attention_mask"].sum()),
+            **token_counts(batch["attention_mask"]),
         }
 
     def _ranked(self, scores: list[float], top_k: int | None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelmora.errors import ModelmoraError
 from modelmora.runtimes import ModelSpec
-from modelmora.runtimes.base import TransformersRuntime, bool_field, text_list
+from modelmora.runtimes.base import TransformersRuntime, token_counts, bool_field, text_list
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +49,7 @@ class EmbeddingRuntime(TransformersRuntime):
         return {
             "embeddings": vectors.float().cpu().tolist(),
             "dimensions": int(vectors.shape[1]),
-            "prompt_tokens": int(batch["attention_mask"].sum()),
+            **token_counts(batch["attention_mask"]),
         }
 
 
