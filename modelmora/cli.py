@@ -356,7 +356,7 @@ def serve(
     config = settings.resolve(flags, os.environ, manifest.serve, manifest.path.name)
     models = served_models(installed, config.preload)
     say(f"Serving {plural(len(models), 'model')} on http://{config.host}:{config.port}")
-    run_server(models, supervisor_settings(config), _server_settings(config))
+    run_server(models, supervisor_settings(config), _server_settings(config), current.jobs_path)
 
 
 def _server_settings(config: Any) -> Any:
@@ -368,6 +368,7 @@ def _server_settings(config: Any) -> Any:
         api_key=config.api_key,
         max_body_bytes=config.max_body_bytes,
         log_level="quiet" if options.quiet else "info",
+        job_retention=config.job_retention,
     )
 
 
@@ -443,6 +444,53 @@ def ps(
             expires,
         )
     _console().print(table)
+
+
+@app.command()
+def jobs(
+    model: str | None = typer.Option(None, help="Only this model's jobs."),
+    state: str | None = typer.Option(None, help="queued, running, succeeded, failed, cancelled."),
+    limit: int = typer.Option(50, min=1, help="Jobs per page."),
+    page: int = typer.Option(1, min=1, help="Page, newest jobs first."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON, results included."),
+) -> None:
+    """List the project's async jobs (POST /jobs), read from its jobs file; no server needed."""
+    import asyncio
+
+    from modelmora.jobs import JobPage
+
+    path = _project().jobs_path
+    found = asyncio.run(_list_jobs(path, model, state, page, limit)) if path.exists() else None
+    listed = found or JobPage([], 0, page, limit)
+    if as_json:
+        return emit_json({**vars(listed), "jobs": [vars(job) for job in listed.jobs]})
+    _print_jobs(listed)
+
+
+async def _list_jobs(
+    path: Path, model: str | None, state: str | None, page: int, limit: int
+) -> Any:
+    from modelmora.jobs import JobStore
+
+    async with JobStore(path) as store:
+        return await store.list_jobs(model=model, state=state, page=page, limit=limit)
+
+
+def _print_jobs(listed: Any) -> None:
+    from datetime import datetime
+
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("id", "model", "state", "priority", "created", "run", "error"):
+        table.add_column(column)
+    for job in listed.jobs:
+        created = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        run_ms = "-" if job.run_ms is None else f"{job.run_ms:.0f} ms"
+        error = (job.error or {}).get("message", "")
+        table.add_row(job.id, job.model, job.state, str(job.priority), created, run_ms, error)
+    _console().print(table)
+    say(f"{len(listed.jobs)} of {plural(listed.total, 'job')} (page {listed.page})")
 
 
 # --- cache commands -----------------------------------------------------------------------------

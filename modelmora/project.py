@@ -50,6 +50,11 @@ class Project:
     def models_dir(self) -> Path:
         return self.root / ".modelmora" / "models"
 
+    @property
+    def jobs_path(self) -> Path:
+        """The server's async jobs (SQLite): they outlive a restart of `modelmora serve`."""
+        return self.root / ".modelmora" / "jobs.sqlite3"
+
     def manifest(self) -> Manifest:
         return manifest.load(self.manifest_path)
 

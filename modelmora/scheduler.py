@@ -19,6 +19,8 @@ characters / 4, the worker tokenizes for real). A request counts by its inputs a
 across batches; its results are put back in order. Only requests with equal options share a batch,
 so the dispatch sends one plain request per batch. A batch leaves when full or once its oldest
 request has waited `max_batch_delay_ms`; while `max_in_flight` batches compute, the next one fills.
+The delay is skipped after a batch of one: a lone client never waits for company that does not
+come, while clients in step (a batch of many answered at once) keep arriving together.
 
 `turn()` is the unbatched path (streaming generation): a request that queues like the others, then
 holds one in-flight slot of its model while the caller talks to the worker itself.
@@ -248,6 +250,7 @@ class ModelQueue:
         self.in_flight = 0
         self.delay_timer: asyncio.TimerHandle | None = None
         self.inputs_per_second: float | None = None
+        self.last_batch_size: int | None = None
         self.stats = ModelStats()
 
     def add(self, request: Request) -> None:
@@ -287,6 +290,10 @@ class ModelQueue:
                     return request
         return None
 
+    def batch_delay(self) -> float:
+        """Seconds a batch may wait to fill: none after a batch of one (one client at a time)."""
+        return 0.0 if self.last_batch_size == 1 else self.settings.max_batch_delay_ms / 1000
+
     def oldest_enqueued_at(self) -> float:
         return min(level[0].enqueued_at for level in self.levels.values() if level)
 
@@ -318,7 +325,7 @@ def is_batch_ready(queue: ModelQueue, head: Request, now: float) -> bool:
         head.exclusive
         or queue.queued_inputs >= settings.max_batch_size
         or queue.queued_tokens >= settings.max_batch_tokens
-        or now >= queue.oldest_enqueued_at() + settings.max_batch_delay_ms / 1000
+        or now >= queue.oldest_enqueued_at() + queue.batch_delay()
     )
 
 
@@ -567,7 +574,7 @@ class Scheduler:
 
     def arm_delay_timer(self, queue: ModelQueue) -> None:
         if queue.delay_timer is None:
-            when = queue.oldest_enqueued_at() + queue.settings.max_batch_delay_ms / 1000
+            when = queue.oldest_enqueued_at() + queue.batch_delay()
             queue.delay_timer = asyncio.get_running_loop().call_at(when, self.on_delay, queue)
 
     def on_delay(self, queue: ModelQueue) -> None:
@@ -641,6 +648,7 @@ class Scheduler:
         stats.batched_inputs += size
         stats.batch_sizes[size] = stats.batch_sizes.get(size, 0) + 1
         stats.compute_seconds += seconds
+        queue.last_batch_size = size
         queue.note_rate(size, seconds)
 
     def deliver(

@@ -6,9 +6,12 @@ supervisor starts. Routes and schemas live in `modelmora.api`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -17,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from modelmora import __version__
-from modelmora.api import native, openai_compat
+from modelmora.api import inference, jobs, native, openai_compat
 from modelmora.api.http import (
     AppState,
     AuthMiddleware,
@@ -29,21 +32,37 @@ from modelmora.api.http import (
 from modelmora.api.openapi import document_routes, openapi_document
 from modelmora.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
 from modelmora.errors import ModelmoraError, ServeError
+from modelmora.jobs import JobStore
+from modelmora.scheduler import BatchSettings, Scheduler
 from modelmora.settings import ServeConfig, keep_alive_seconds
 from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 if TYPE_CHECKING:
+    from modelmora.manifest import ModelSpec
     from modelmora.project import InstalledModel
 
 __all__ = ["ServerSettings", "create_app", "run_server", "served_models", "supervisor_settings"]
 
-ENDPOINTS = [*native.ENDPOINTS, *openai_compat.ENDPOINTS, METRICS_ENDPOINT]
+ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai_compat.ENDPOINTS, METRICS_ENDPOINT]
 
 
-def create_app(supervisor: Supervisor, settings: ServerSettings | None = None) -> Starlette:
-    """The ASGI app; its lifespan starts the supervisor and stops it (drain, end workers)."""
+def create_app(
+    supervisor: Supervisor, settings: ServerSettings | None = None, jobs_path: Path | None = None
+) -> Starlette:
+    """The ASGI app; its lifespan starts the supervisor and stops it (drain, end workers).
+
+    `jobs_path` is the SQLite file of `/jobs`; without one, the job routes answer 503.
+    """
     settings = settings or ServerSettings()
-    metrics = Metrics(supervisor)
+    scheduler = Scheduler(
+        functools.partial(inference.dispatch, supervisor),
+        lambda name: supervisor.model(name).batching,
+    )
+    state = AppState(supervisor=supervisor, settings=settings, scheduler=scheduler)
+    if jobs_path is not None:
+        store = JobStore(jobs_path, retention=settings.job_retention)
+        state = dataclasses.replace(state, jobs=jobs.job_runner(state, store))
+    metrics = Metrics(supervisor, scheduler)
     document = openapi_document(
         ENDPOINTS, title="ModelMora", version=__version__, error=NativeError
     )
@@ -53,7 +72,7 @@ def create_app(supervisor: Supervisor, settings: ServerSettings | None = None) -
         exception_handlers={ServeError: handle_serve_error, HTTPException: handle_http_exception},
         lifespan=_lifespan,
     )
-    app.state.modelmora = AppState(supervisor=supervisor, settings=settings)
+    app.state.modelmora = state
     app.state.metrics = metrics
     return app
 
@@ -70,12 +89,24 @@ def _middleware(settings: ServerSettings, metrics: Metrics) -> list[Middleware]:
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    supervisor = app.state.modelmora.supervisor
-    await supervisor.start()
+    state: AppState = app.state.modelmora
+    await state.supervisor.start()
+    if state.jobs is not None:
+        await state.jobs.start()
     try:
         yield
     finally:
-        await supervisor.stop()
+        await _shut_down(state)
+
+
+async def _shut_down(state: AppState) -> None:
+    """uvicorn has drained the HTTP requests: fail what is queued, finish batches, end workers."""
+    if state.jobs is not None:
+        state.jobs.stop_taking()
+    await state.scheduler.close(state.supervisor.settings.drain_timeout)
+    if state.jobs is not None:
+        await state.jobs.close()
+    await state.supervisor.stop()
 
 
 def served_models(installed: Sequence[InstalledModel], preload: Sequence[str]) -> list[ServedModel]:
@@ -102,7 +133,15 @@ def _served(model: InstalledModel, preload: bool) -> ServedModel:
         threads=spec.threads,
         runtime=spec.runtime,
         options=spec.options,
+        batching=batch_settings(spec),
     )
+
+
+def batch_settings(spec: ModelSpec) -> BatchSettings:
+    """The manifest's scheduling fields that are set, over the scheduler's defaults."""
+    fields = ("max_batch_size", "max_batch_delay_ms", "max_batch_tokens", "max_queue")
+    chosen = {name: getattr(spec, name) for name in fields if getattr(spec, name) is not None}
+    return BatchSettings(**chosen)
 
 
 def supervisor_settings(config: ServeConfig) -> SupervisorSettings:
@@ -119,9 +158,10 @@ def run_server(
     models: Sequence[ServedModel],
     supervisor_settings: SupervisorSettings,
     server_settings: ServerSettings,
+    jobs_path: Path | None = None,
 ) -> None:
     """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers."""
-    app = create_app(Supervisor(models, supervisor_settings), server_settings)
+    app = create_app(Supervisor(models, supervisor_settings), server_settings, jobs_path)
     uvicorn.Server(_uvicorn_config(app, supervisor_settings, server_settings)).run()
 
 

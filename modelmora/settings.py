@@ -72,6 +72,13 @@ def _optional_size(value: Any) -> int | None:
     return None if value in (None, "", 0, "0") else parse_size(value)
 
 
+def _retention(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError(f"'{value}' is negative; finished jobs are kept for a duration like 7d")
+    return seconds
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
@@ -84,6 +91,8 @@ class ServeConfig:
     drain_timeout: float = 30.0
     request_timeout: float = 60.0
     max_body_bytes: int = 8 * 1024 * 1024
+    job_retention: float = 24 * 3600.0
+    """How long finished jobs and their results are kept (`[serve] job_retention = "7d"`)."""
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -97,6 +106,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "drain_timeout": parse_duration,
     "request_timeout": parse_duration,
     "max_body_bytes": parse_size,
+    "job_retention": _retention,
 }
 
 

@@ -26,7 +26,15 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -361,7 +369,7 @@ class Supervisor:
         *,
         timeout: float | None = None,
         keep_alive: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Chunks as the worker makes them. The deadline bounds the wait for each next chunk."""
         slot = self.slot(name)
         deadline = self.deadline(timeout)

@@ -6,8 +6,10 @@ the worker its import path, so the worker finds this module as the tests do.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,3 +80,42 @@ class CrashRuntime(EchoRuntime):
         if "exit" in request:
             os._exit(request["exit"])
         return super().infer(request)
+
+
+class RecordingRuntime(EchoRuntime):
+    """A batched `embedding` runtime you control: it appends each batch it sees to a file.
+
+    Options: {"record": PATH, "batch_ms": N}. An input "sleep:N" makes its batch take N ms more.
+    The vector of a text is `text_vector(text)` and its tokens its words, so that a test knows the
+    answer of every input whatever batch it went in.
+    """
+
+    def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        texts: list[str] = request["inputs"]
+        with open(self.options["record"], "a") as record:
+            record.write(json.dumps(texts) + "\n")
+        sleep_ms = self.options.get("batch_ms", 0) + sum(map(requested_sleep_ms, texts))
+        time.sleep(sleep_ms / 1000)
+        tokens = [len(text.split()) for text in texts]
+        return {
+            "embeddings": [text_vector(text) for text in texts],
+            "dimensions": 2,
+            "prompt_tokens": sum(tokens),
+            "input_tokens": tokens,
+        }
+
+
+def requested_sleep_ms(text: str) -> float:
+    return float(text.removeprefix("sleep:")) if text.startswith("sleep:") else 0.0
+
+
+def text_vector(text: str) -> list[float]:
+    return [float(len(text)), float(zlib.crc32(text.encode()) % 1000)]
+
+
+def recorded_batches(path: str | os.PathLike[str]) -> list[list[str]]:
+    """The batches a RecordingRuntime saw, in order."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as record:
+        return [json.loads(line) for line in record]

@@ -225,6 +225,26 @@ def test_batch_waits_up_to_the_delay_for_more_requests() -> None:
     run(scenario)
 
 
+def test_a_lone_client_does_not_wait_for_company_after_a_batch_of_one() -> None:
+    async def scenario() -> None:
+        scheduler, worker = make(max_batch_size=8, max_batch_delay_ms=300)
+        await scheduler.submit(MODEL, ["first"])  # no batch yet: it may wait for the delay
+        started = time.monotonic()
+        await scheduler.submit(MODEL, ["second"])
+        assert time.monotonic() - started < 0.1
+        blocker = await hold_the_worker(scheduler, worker)
+        queued = [start(scheduler.submit(MODEL, [text])) for text in ("x", "y")]
+        await until(lambda: sum(scheduler.depth(MODEL).values()) == 2)
+        worker.gate.set()
+        await asyncio.gather(blocker, *queued)  # a batch of two: clients came together again
+        first = start(scheduler.submit(MODEL, ["p"]))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, scheduler.submit(MODEL, ["q"]))
+        assert [len(batch.inputs) for batch in worker.batches] == [1, 1, 1, 2, 2]
+
+    run(scenario)
+
+
 def test_request_with_many_inputs_counts_by_inputs_and_may_be_split() -> None:
     async def scenario() -> None:
         scheduler, worker = make(max_batch_size=4, max_queue=6)

@@ -401,6 +401,7 @@ def test_client_names_the_fix_when_no_server_answers() -> None:
 class StandInSupervisor:
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error or UnavailableError("not used")
+        self.settings = SupervisorSettings()
 
     async def start(self) -> None: ...
 

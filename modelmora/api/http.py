@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import Headers
@@ -15,7 +15,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelmora.errors import InvalidInputError, PayloadTooLargeError, ServeError
+from modelmora.scheduler import Scheduler
 from modelmora.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from modelmora.api.jobs import JobRunner
 
 API_VERSION = "1"
 API_VERSION_HEADER = "X-ModelMora-API-Version"
@@ -32,6 +36,8 @@ class ServerSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     access_log: bool = True
+    job_retention: float = 24 * 3600.0
+    """Seconds a finished job (and its result) is kept."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,13 @@ class AppState:
 
     supervisor: Supervisor
     settings: ServerSettings
+    scheduler: Scheduler
+    jobs: JobRunner | None = None
+    """None when the server has no jobs file (no project folder)."""
 
 
 def app_state(request: Request) -> AppState:
-    """The supervisor and settings of the app serving `request`."""
+    """The supervisor, scheduler and settings of the app serving `request`."""
     return cast(AppState, request.app.state.modelmora)
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modelmora.api import inference
 from modelmora.api.http import PydanticResponse, app_state, read_json, read_query
 from modelmora.api.openapi import Endpoint
+from modelmora.errors import InvalidInputError
+from modelmora.scheduler import CRITICAL, LOW, PRIORITIES, Scheduler, parse_priority
 from modelmora.supervisor import InferenceResult, ModelStatus
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -42,6 +46,30 @@ Duration = Annotated[
 Texts = str | Annotated[list[str], Field(min_length=1, max_length=2048)]
 
 
+def to_priority(value: object) -> int:
+    """0-3 or low/normal/high/critical, as a pydantic error naming the field when it is not."""
+    try:
+        return parse_priority(value if isinstance(value, (int, str)) else repr(value))
+    except InvalidInputError as error:
+        raise ValueError(error.message) from None
+
+
+Priority = Annotated[
+    int,
+    BeforeValidator(to_priority),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": LOW, "maximum": CRITICAL},
+                {"enum": list(PRIORITIES)},
+            ],
+            "description": "3 (critical) goes first, then 2 (high), 1 (normal, the default), "
+            "0 (low); FIFO within a level. Also read from the X-Priority header.",
+        }
+    ),
+]
+
+
 class InferOptions(BaseModel):
     """Options every `/infer` request accepts, whatever the task."""
 
@@ -49,7 +77,7 @@ class InferOptions(BaseModel):
 
     timeout: float | None = Field(None, gt=0, le=3600, description="deadline in seconds")
     keep_alive: Duration | None = None
-    priority: int = Field(0, description="accepted; ordering by priority comes with the scheduler")
+    priority: Priority | None = None
 
     def to_runtime(self) -> dict[str, Any]:
         """The request the runtime receives (see the serving contract)."""
@@ -145,6 +173,11 @@ REQUEST_SCHEMAS: dict[str, type[InferOptions]] = {
 }
 
 
+def request_schema(task: str) -> type[InferOptions]:
+    """What `/infer` (and a job's `input`) takes for a model of `task`."""
+    return REQUEST_SCHEMAS.get(task, CustomInferRequest)
+
+
 class Timing(BaseModel):
     """Where the time of one request went, in milliseconds."""
 
@@ -164,6 +197,17 @@ class InferResponse(BaseModel):
         "finish_reason}; plugin tasks: what the runtime returns"
     )
     timing: Timing
+
+
+class Batching(BaseModel):
+    """The scheduling settings in effect for a model (manifest fields of the same names)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_batch_tokens: int
+    max_queue: int
 
 
 class ModelInfo(BaseModel):
@@ -190,11 +234,18 @@ class ModelInfo(BaseModel):
     crashes: int
     last_load_ms: float | None
     error: str | None
+    queued: dict[str, int] = Field(description="requests waiting in the queue, per priority")
+    batching: Batching
 
     @classmethod
-    def from_status(cls, status: ModelStatus) -> ModelInfo:
-        """The API view of the supervisor's record."""
-        return cls.model_validate(dataclasses.asdict(status))
+    def from_status(cls, status: ModelStatus, scheduler: Scheduler) -> ModelInfo:
+        """The API view of the supervisor's record and the model's queue."""
+        depth = scheduler.depth(status.name)
+        queued = {label: depth[level] for label, level in PRIORITIES.items()}
+        batching = Batching.model_validate(dataclasses.asdict(scheduler.settings(status.name)))
+        return cls.model_validate(
+            {**dataclasses.asdict(status), "queued": queued, "batching": batching}
+        )
 
 
 class ModelList(BaseModel):
@@ -248,7 +299,7 @@ async def list_models(request: Request) -> Response:
     query = read_query(request, ModelsQuery)
     statuses = [s for s in app_state(request).supervisor.statuses() if _matches(request, s, query)]
     start = (query.page - 1) * query.limit
-    page = [ModelInfo.from_status(s) for s in statuses[start : start + query.limit]]
+    page = [_info(request, s) for s in statuses[start : start + query.limit]]
     body = ModelList(models=page, page=query.page, limit=query.limit, total=len(statuses))
     return PydanticResponse(body)
 
@@ -266,34 +317,35 @@ def _matches(request: Request, status: ModelStatus, query: ModelsQuery) -> bool:
 async def get_model(request: Request) -> Response:
     """One model's source, revision, task, state, memory, pid, timestamps and counters."""
     name = _model_name(request)
-    return PydanticResponse(ModelInfo.from_status(app_state(request).supervisor.status(name)))
+    return PydanticResponse(_info(request, app_state(request).supervisor.status(name)))
 
 
 async def load_model(request: Request) -> Response:
     """Start the model's worker and wait until it is ready."""
     name = _model_name(request)
-    return PydanticResponse(ModelInfo.from_status(await app_state(request).supervisor.load(name)))
+    return PydanticResponse(_info(request, await app_state(request).supervisor.load(name)))
 
 
 async def unload_model(request: Request) -> Response:
     """End the model's worker, which gives its memory back."""
     name = _model_name(request)
     status = await app_state(request).supervisor.unload(name)
-    return PydanticResponse(ModelInfo.from_status(status))
+    return PydanticResponse(_info(request, status))
+
+
+def _info(request: Request, status: ModelStatus) -> ModelInfo:
+    return ModelInfo.from_status(status, app_state(request).scheduler)
 
 
 async def infer(request: Request) -> Response:
     """Run the model on the inputs; the body's schema depends on the model's task."""
+    arrival = time.monotonic()
     state = app_state(request)
     name = _model_name(request)
     served = state.supervisor.model(name)
-    body = await read_json(request, REQUEST_SCHEMAS.get(served.task, CustomInferRequest))
-    result = await state.supervisor.infer(
-        name,
-        body.to_runtime(),
-        timeout=body.timeout,
-        keep_alive=body.keep_alive,
-    )
+    body = await read_json(request, request_schema(served.task))
+    queueing = inference.admission(request, arrival, body.priority, body.timeout)
+    result = await inference.infer(state, name, body.to_runtime(), queueing, body.keep_alive)
     record_timing(request, result)
     return PydanticResponse(
         InferResponse(

@@ -6,7 +6,8 @@ import base64
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from modelmora.api import inference
 from modelmora.api.http import (
     FieldError,
     OpenAIError,
@@ -23,7 +25,7 @@ from modelmora.api.http import (
     error_response,
     read_json,
 )
-from modelmora.api.native import Duration, record_timing
+from modelmora.api.native import Duration, Priority, record_timing
 from modelmora.api.openapi import Endpoint, Handler
 from modelmora.errors import InvalidInputError, ServeError
 from modelmora.supervisor import ServedModel
@@ -38,7 +40,11 @@ class OpenAIRequest(BaseModel):
 
     model: str
     keep_alive: Duration | None = Field(None, description="ModelMora extension (Ollama semantics)")
+    priority: Priority | None = Field(None, description="ModelMora extension; or X-Priority")
     user: str | None = None
+
+    def admission(self, request: Request, arrival: float) -> inference.Admission:
+        return inference.admission(request, arrival, self.priority, None)
 
 
 class EmbeddingsRequest(OpenAIRequest):
@@ -223,11 +229,16 @@ async def list_models(request: Request) -> Response:
 
 async def create_embeddings(request: Request) -> Response:
     """Embed one text or several; `encoding_format: base64` packs little-endian float32."""
+    arrival = time.monotonic()
     body = await read_json(request, EmbeddingsRequest)
     _served(request, body.model, "embedding")
     texts = [body.input] if isinstance(body.input, str) else body.input
-    outcome = await app_state(request).supervisor.infer(
-        body.model, {"inputs": texts, "normalize": True}, keep_alive=body.keep_alive
+    outcome = await inference.infer(
+        app_state(request),
+        body.model,
+        {"inputs": texts, "normalize": True},
+        body.admission(request, arrival),
+        body.keep_alive,
     )
     record_timing(request, outcome)
     result = outcome.result
@@ -246,12 +257,13 @@ def _base64(vector: list[float]) -> str:
 
 async def create_completion(request: Request) -> Response:
     """Complete a prompt; `stream: true` sends server-sent events ending in `data: [DONE]`."""
+    arrival = time.monotonic()
     body = await read_json(request, CompletionRequest)
     meta = _Meta("cmpl", body.model)
     if body.stream:
         render = _completion_chunks(meta, body.include_usage())
-        return await _stream(request, body, body.runtime_request(), render)
-    result = await _generate(request, body, body.runtime_request())
+        return await _stream(request, body, body.runtime_request(), render, arrival)
+    result = await _generate(request, body, body.runtime_request(), arrival)
     choice = CompletionChoice(text=result["text"], finish_reason=result["finish_reason"])
     return PydanticResponse(
         Completion(**meta.fields(), choices=[choice], usage=_usage(result)),
@@ -260,12 +272,13 @@ async def create_completion(request: Request) -> Response:
 
 async def create_chat_completion(request: Request) -> Response:
     """Answer a chat with the model's chat template; `stream: true` sends server-sent events."""
+    arrival = time.monotonic()
     body = await read_json(request, ChatCompletionRequest)
     meta = _Meta("chatcmpl", body.model)
     if body.stream:
         render = _chat_chunks(meta, body.include_usage())
-        return await _stream(request, body, body.runtime_request(), render)
-    result = await _generate(request, body, body.runtime_request())
+        return await _stream(request, body, body.runtime_request(), render, arrival)
+    result = await _generate(request, body, body.runtime_request(), arrival)
     message = AssistantMessage(content=result["text"])
     choice = ChatChoice(message=message, finish_reason=result["finish_reason"])
     return PydanticResponse(
@@ -285,11 +298,14 @@ class _Meta:
         return {"id": self.id, "created": self.created, "model": self.model}
 
 
-async def _generate(request: Request, body: SamplingRequest, runtime: Chunk) -> Chunk:
-    """Run a text-generation model to the end."""
+async def _generate(
+    request: Request, body: SamplingRequest, runtime: Chunk, arrival: float
+) -> Chunk:
+    """Run a text-generation model to the end, in its turn (generation is not batched)."""
     _served(request, body.model, "text-generation")
-    outcome = await app_state(request).supervisor.infer(
-        body.model, runtime, keep_alive=body.keep_alive
+    queueing = body.admission(request, arrival)
+    outcome = await inference.infer(
+        app_state(request), body.model, runtime, queueing, body.keep_alive
     )
     record_timing(request, outcome)
     result: Chunk = outcome.result
@@ -308,27 +324,31 @@ Render = Callable[[Chunk], Iterable[BaseModel]]
 
 
 async def _stream(
-    request: Request, body: SamplingRequest, runtime: Chunk, render: Render
+    request: Request, body: SamplingRequest, runtime: Chunk, render: Render, arrival: float
 ) -> Response:
-    """Server-sent events of the model's chunks.
+    """Server-sent events of the model's chunks; the model's turn is held until the last one.
 
     The first chunk is awaited before the response starts, so that an unknown model, a failed load
     or a crash before the first token still gets its HTTP status instead of a 200 with an error.
     """
     _served(request, body.model, "text-generation")
-    chunks = app_state(request).supervisor.stream(body.model, runtime, keep_alive=body.keep_alive)
+    exits = AsyncExitStack()
     try:
+        chunks = await inference.open_stream(
+            app_state(request), body.model, runtime, body.admission(request, arrival), exits,
+            body.keep_alive,
+        )  # fmt: skip
         first = await anext(chunks, {"text": "", "finish_reason": "stop"})
     except BaseException:
-        await _close(chunks)
+        await _close(exits)
         raise
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    events = _events(first, chunks, render, request.url.path)
+    events = _events(first, chunks, render, request.url.path, exits)
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def _events(
-    first: Chunk, rest: AsyncIterator[Chunk], render: Render, path: str
+    first: Chunk, rest: AsyncIterator[Chunk], render: Render, path: str, exits: AsyncExitStack
 ) -> AsyncIterator[str]:
     """`data: {...}` per object, an OpenAI error object if the model fails midway, then [DONE]."""
     try:
@@ -341,16 +361,15 @@ async def _events(
         body = error_response(path, error.status, error.code, str(error)).body
         yield f"data: {bytes(body).decode()}\n\n"
     finally:
-        await _close(rest)
+        await _close(exits)
     yield "data: [DONE]\n\n"
 
 
-async def _close(chunks: AsyncIterator[Chunk]) -> None:
-    """Close the supervisor's stream so that it stops generating for a client that left."""
-    if isinstance(chunks, AsyncGenerator):
-        # Shielded: a disconnect cancels this task, and closing must still reach the worker.
-        with anyio.CancelScope(shield=True):
-            await chunks.aclose()
+async def _close(exits: AsyncExitStack) -> None:
+    """Close the stream, so that it stops generating for a client that left, and end the turn."""
+    # Shielded: a disconnect cancels this task, and closing must still reach the worker.
+    with anyio.CancelScope(shield=True):
+        await exits.aclose()
 
 
 def _completion_chunks(meta: _Meta, include_usage: bool) -> Render:

@@ -25,7 +25,7 @@ class Endpoint:
     """One route and what its documentation says: schemas of query, body and response."""
 
     path: str
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "DELETE"]
     handler: Handler
     request: tuple[type[BaseModel], ...] = ()
     query: type[BaseModel] | None = None
@@ -33,6 +33,8 @@ class Endpoint:
     tag: str = ""
     media_type: str = "application/json"
     error: type[BaseModel] | None = None
+    status: int = 200
+    """The status of a success."""
 
     def route(self) -> Route:
         """The Starlette route that serves this endpoint."""
@@ -82,7 +84,7 @@ def _operation(endpoint: Endpoint, refs: Refs, error: type[BaseModel]) -> dict[s
         "tags": [endpoint.tag] if endpoint.tag else [],
         "parameters": _parameters(endpoint),
         "responses": {
-            "200": _content(endpoint.media_type, _response_schema(endpoint, refs)),
+            str(endpoint.status): _content(endpoint.media_type, _response_schema(endpoint, refs)),
             "default": _content("application/json", refs[endpoint.error or error, "serialization"]),
         },
     }
@@ -149,7 +151,8 @@ def render_docs(document: dict[str, Any]) -> str:
 
 def _render_operation(path: str, method: str, operation: dict[str, Any]) -> str:
     body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
-    ok = next(iter(operation["responses"]["200"]["content"].values()))
+    success = next(iter(operation["responses"].values()))
+    ok = next(iter(success["content"].values()))
     rows = [("request", _links(body.get("schema", {}))), ("response", _links(ok["schema"]))]
     params = ", ".join(f"{p['name']} ({p['in']})" for p in operation["parameters"])
     rows.insert(0, ("parameters", html.escape(params) or "none"))

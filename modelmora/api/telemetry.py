@@ -9,10 +9,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from starlette.datastructures import Headers, MutableHeaders
@@ -22,19 +27,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelmora.api.http import API_VERSION, API_VERSION_HEADER, error_response
 from modelmora.api.openapi import Endpoint
+from modelmora.scheduler import PRIORITIES, ModelStats, Scheduler
 from modelmora.supervisor import InferenceResult, Supervisor
 
 access_log = logging.getLogger("modelmora.access")
 error_log = logging.getLogger("modelmora.server")
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
 class Metrics:
     """The app's own Prometheus registry: never the global one, so two apps stay apart."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, scheduler: Scheduler) -> None:
         self.registry = CollectorRegistry()
         self.requests = self._counter("requests", "HTTP requests.", "endpoint", "model", "status")
         self.latency = self._histogram(
@@ -66,6 +73,7 @@ class Metrics:
             "model_events", "Loads, unloads, evictions, crashes.", "model", "event"
         )
         self.registry.register(WorkerCollector(supervisor))
+        self.registry.register(SchedulerCollector(supervisor, scheduler))
         ProcessCollector(registry=self.registry)
         supervisor.add_listener(self.on_model_event)
 
@@ -121,6 +129,73 @@ class WorkerCollector(Collector):
             in_flight.add_metric([status.name], status.in_flight)
             state.add_metric([status.name, status.state], 1)
         yield from (memory, in_flight, state)
+
+
+class SchedulerCollector(Collector):
+    """Per-model queue depth and batching counters, read from the scheduler at scrape time."""
+
+    COUNTERS: ClassVar[dict[str, tuple[str, str]]] = {
+        "batches": ("modelmora_batches", "Batches sent to the model's worker."),
+        "batched_inputs": ("modelmora_batched_inputs", "Inputs sent in those batches."),
+        "rejected": ("modelmora_requests_rejected", "Requests refused with 429 (queue full)."),
+        "dropped": ("modelmora_requests_dropped", "Requests whose client left before compute."),
+        "queue_seconds": ("modelmora_scheduler_queue_seconds", "Time requests spent queued."),
+        "compute_seconds": ("modelmora_scheduler_compute_seconds", "Time batches computed."),
+    }
+
+    def __init__(self, supervisor: Supervisor, scheduler: Scheduler) -> None:
+        self.supervisor = supervisor
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        names = self.supervisor.names()
+        yield self.queue_depth(names)
+        stats = {name: self.scheduler.stats(name) for name in names}
+        for field, (metric, doc) in self.COUNTERS.items():
+            family = CounterMetricFamily(metric, doc, labels=["model"])
+            for name, numbers in stats.items():
+                family.add_metric([name], getattr(numbers, field))
+            yield family
+        yield self.expired(stats)
+        yield self.batch_sizes(stats)
+
+    def queue_depth(self, names: list[str]) -> Metric:
+        family = GaugeMetricFamily(
+            "modelmora_queue_depth", "Requests queued, per priority.", labels=["model", "priority"]
+        )
+        for name in names:
+            depth = self.scheduler.depth(name)
+            for label, level in PRIORITIES.items():
+                family.add_metric([name, label], depth[level])
+        return family
+
+    def expired(self, stats: dict[str, ModelStats]) -> Metric:
+        family = CounterMetricFamily(
+            "modelmora_requests_expired",
+            "Requests answered 504 at their deadline, while queued or computing.",
+            labels=["model", "where"],
+        )
+        for name, numbers in stats.items():
+            family.add_metric([name, "queued"], numbers.expired_queued)
+            family.add_metric([name, "computing"], numbers.expired_computing)
+        return family
+
+    def batch_sizes(self, stats: dict[str, ModelStats]) -> Metric:
+        family = HistogramMetricFamily(
+            "modelmora_batch_size", "Inputs per batch sent to the worker.", labels=["model"]
+        )
+        for name, numbers in stats.items():
+            family.add_metric([name], size_buckets(numbers.batch_sizes), numbers.batched_inputs)
+        return family
+
+
+def size_buckets(counts: dict[int, int]) -> list[tuple[str, float]]:
+    """Cumulative Prometheus buckets from a {batch size: batches} count."""
+    buckets = [
+        (str(bound), float(sum(n for size, n in counts.items() if size <= bound)))
+        for bound in _BATCH_BUCKETS
+    ]
+    return [*buckets, ("+Inf", float(sum(counts.values())))]
 
 
 async def metrics(request: Request) -> Response:

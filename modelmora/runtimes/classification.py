@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from modelmora.runtimes import ModelSpec
-from modelmora.runtimes.base import TransformersRuntime, token_counts, int_field, text_list
+from modelmora.runtimes.base import TransformersRuntime, int_field, text_list, token_counts
 
 
 class ClassificationRuntime(TransformersRuntime):
-    """Request {"inputs": [str], "top_k": int | None}; result {"predictions", "prompt_tokens", "input_tokens"}."""
+    """Request {"inputs": [str], "top_k": int | None}; result {"predictions", "prompt_tokens"}.
+
+    Also "input_tokens", one count per input, so that the server can split a batch's usage.
+    """
 
     task = "text-classification"
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelmora.errors import ModelmoraError
 from modelmora.runtimes import ModelSpec
-from modelmora.runtimes.base import TransformersRuntime, token_counts, bool_field, text_list
+from modelmora.runtimes.base import TransformersRuntime, bool_field, text_list, token_counts
 
 if TYPE_CHECKING:
     import torch
@@ -17,7 +17,10 @@ POOLING_MODES = ("mean", "cls", "last")
 
 
 class EmbeddingRuntime(TransformersRuntime):
-    """Request {"inputs": [str], "normalize": bool}; result {"embeddings", "dimensions", ...}."""
+    """Request {"inputs": [str], "normalize": bool}; result {"embeddings", "dimensions", ...}.
+
+    "input_tokens" has one count per input, so that the server can split a batch's usage.
+    """
 
     task = "embedding"
 
