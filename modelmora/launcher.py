@@ -327,6 +327,10 @@ class Launcher:
         self.template = Template(self.template_imports)
         self.template_start = asyncio.create_task(self.template.start(), name="modelmora-template")
 
+    def is_warming_up(self) -> bool:
+        """The template is still importing: a cold model would pay those seconds now."""
+        return self.template_start is not None and not self.template_start.done()
+
     def has_lost_template(self) -> bool:
         started = self.template_start
         return started is not None and started.done() and not self.template_is_alive()

@@ -273,13 +273,15 @@ class Supervisor:
         return [self.status(name) for name in self.slots]
 
     def is_ready(self) -> tuple[bool, list[str]]:
-        """Ready when no model has failed and every preloaded model has come up once."""
+        """Ready: no model failed, every preloaded model came up once, the template imported."""
         reasons = [f"model '{slot.name}' failed: {slot.error}" for slot in self.failed_slots()]
         reasons += [
             f"model '{slot.name}' is preloading"
             for slot in self.slots.values()
             if slot.model.preload and slot.loads == 0 and slot.state != "failed"
         ]
+        if self.launcher.is_warming_up():
+            reasons.append("the worker template is still importing torch and transformers")
         if self.is_stopping:
             reasons.append("ModelMora is shutting down")
         return not reasons, reasons

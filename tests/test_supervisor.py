@@ -377,7 +377,10 @@ def test_preloaded_models_make_the_supervisor_ready() -> None:
         model = served("slow", "SlowRuntime", preload=True, options={"load_ms": 300})
         async with serving(model) as supervisor:
             ready, reasons = supervisor.is_ready()
-            assert not ready and reasons == ["model 'slow' is preloading"]
+            assert not ready and reasons == [
+                "model 'slow' is preloading",
+                "the worker template is still importing torch and transformers",
+            ]
             await eventually(lambda: supervisor.is_ready()[0])
             assert supervisor.status("slow").expires_at is None  # preloaded: kept loaded
 
