@@ -22,6 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from modelmora.scheduler import Batch, BatchOutput, BatchSettings, Scheduler
 
+MODES = {
+    "off": BatchSettings(max_batch_size=1, max_batch_delay_ms=0, max_queue=1024),
+    "on": BatchSettings(max_batch_size=32, max_batch_delay_ms=0, max_queue=1024),
+}
+"""Batching off and on; bench_server.py prints a row of this benchmark too."""
+
 
 async def echo(batch: Batch) -> BatchOutput:
     return BatchOutput(batch.inputs)
@@ -57,15 +63,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
     args = parser.parse_args()
-    modes = {
-        "off": BatchSettings(max_batch_size=1, max_batch_delay_ms=0, max_queue=1024),
-        "on": BatchSettings(max_batch_size=32, max_batch_delay_ms=0, max_queue=1024),
-    }
     print(
         f"{'batching':>8} {'clients':>7} {'requests/s':>11} {'mean batch':>10} "
         f"{'p50 us':>8} {'p99 us':>8}"
     )
-    for name, settings in modes.items():
+    for name, settings in MODES.items():
         for concurrency in args.concurrency:
             row = asyncio.run(measure(settings, args.requests, concurrency))
             print(

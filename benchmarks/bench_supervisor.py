@@ -25,6 +25,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
+from _harness import percentile  # noqa: E402
+
 from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings  # noqa: E402
 
 
@@ -93,11 +95,6 @@ async def overhead(requests: int) -> list[float]:
     finally:
         await supervisor.stop()
     return samples
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def print_table(title: str, rows: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from modelmora.runtimes import ModelSpec
 
 
 class EchoRuntime:
-    """Answers with its request and its pid; used by the benchmark for per-request overhead.
+    """Answers with its request and its pid.
 
     {"invalid": "field"} raises InvalidInputError naming that field; stream() yields the strings
     of {"pieces": [...]}, then a last chunk with finish_reason.
@@ -86,6 +86,7 @@ class RecordingRuntime(EchoRuntime):
     """A batched `embedding` runtime you control: it appends each batch it sees to a file.
 
     Options: {"record": PATH, "batch_ms": N}. An input "sleep:N" makes its batch take N ms more.
+    With PATH /dev/null it is the server benchmark's runtime that does no work.
     The vector of a text is `text_vector(text)` and its tokens its words, so that a test knows the
     answer of every input whatever batch it went in.
     """
