@@ -339,7 +339,12 @@ def serve(
     import os
 
     from modelmora import project, settings
-    from modelmora.server import run_server, served_models, supervisor_settings
+    from modelmora.server import (
+        run_server,
+        served_models,
+        server_settings,
+        supervisor_settings,
+    )
 
     current = _project()
     installed = project.installed_models(current, frozen=frozen, offline=offline)
@@ -356,19 +361,11 @@ def serve(
     config = settings.resolve(flags, os.environ, manifest.serve, manifest.path.name)
     models = served_models(installed, config.preload)
     say(f"Serving {plural(len(models), 'model')} on http://{config.host}:{config.port}")
-    run_server(models, supervisor_settings(config), _server_settings(config), current.jobs_path)
-
-
-def _server_settings(config: Any) -> Any:
-    from modelmora.server import ServerSettings
-
-    return ServerSettings(
-        host=config.host,
-        port=config.port,
-        api_key=config.api_key,
-        max_body_bytes=config.max_body_bytes,
-        log_level="quiet" if options.quiet else "info",
-        job_retention=config.job_retention,
+    run_server(
+        models,
+        supervisor_settings(config),
+        server_settings(config, options.quiet),
+        current.jobs_path,
     )
 
 

@@ -41,7 +41,14 @@ if TYPE_CHECKING:
     from modelmora.manifest import ModelSpec
     from modelmora.project import InstalledModel
 
-__all__ = ["ServerSettings", "create_app", "run_server", "served_models", "supervisor_settings"]
+__all__ = [
+    "ServerSettings",
+    "create_app",
+    "run_server",
+    "served_models",
+    "server_settings",
+    "supervisor_settings",
+]
 
 ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai_compat.ENDPOINTS, METRICS_ENDPOINT]
 
@@ -142,6 +149,17 @@ def batch_settings(spec: ModelSpec) -> BatchSettings:
     fields = ("max_batch_size", "max_batch_delay_ms", "max_batch_tokens", "max_queue")
     chosen = {name: getattr(spec, name) for name in fields if getattr(spec, name) is not None}
     return BatchSettings(**chosen)
+
+
+def server_settings(config: ServeConfig, quiet: bool = False) -> ServerSettings:
+    return ServerSettings(
+        host=config.host,
+        port=config.port,
+        api_key=config.api_key,
+        max_body_bytes=config.max_body_bytes,
+        log_level="warning" if quiet else "info",  # a logging level: there is no "quiet"
+        job_retention=config.job_retention,
+    )
 
 
 def supervisor_settings(config: ServeConfig) -> SupervisorSettings:

@@ -152,3 +152,15 @@ def test_sizes(text: str, size: int) -> None:
 def test_unknown_serve_key_names_the_key() -> None:
     with pytest.raises(ModelmoraError, match=r"modelmora\.toml: serve\.prot: unknown key"):
         settings.resolve({}, {}, {"prot": 1}, "modelmora.toml")
+
+
+def test_quiet_serve_maps_to_a_real_logging_level() -> None:
+    import logging.config
+
+    from modelmora.api.telemetry import log_config
+    from modelmora.server import server_settings
+
+    quiet = server_settings(settings.ServeConfig(), quiet=True)
+    logging.config.dictConfig(log_config(quiet.log_level))  # raised for the old "quiet"
+    assert quiet.log_level == "warning"
+    assert server_settings(settings.ServeConfig()).log_level == "info"
