@@ -9,7 +9,11 @@
     │   └── UnsafeFileError  pickle weights or a path that escapes the snapshot
     ├── IntegrityError       bytes do not match their sha256
     ├── CacheError           the cache is in a state we cannot use
-    └── ServeError           the server cannot serve a request (carries an HTTP status)
+    └── ServeError           a request cannot be served (carries an HTTP status and a code)
+        ├── UnknownModelError 404, JobNotFoundError 404, JobNotCancellableError 409
+        ├── InvalidInputError 422, PayloadTooLargeError 413, OverloadedError 429
+        ├── UnavailableError 503, DeadlineExceededError 504
+        └── ClientDisconnectedError 499 (nobody reads the answer)
 
 This module imports nothing else of the package, so every module may import it.
 """
@@ -102,3 +106,22 @@ class DeadlineExceededError(ServeError):
 class OverloadedError(ServeError):
     status = 429
     code = "overloaded"
+
+
+class ClientDisconnectedError(ServeError):
+    """The client left before its request was computed; nobody reads the answer."""
+
+    status = 499
+    code = "client_closed_request"
+
+
+class JobNotFoundError(ServeError):
+    status = 404
+    code = "job_not_found"
+
+
+class JobNotCancellableError(ServeError):
+    """Only a queued job can be cancelled: a running one is already on a worker."""
+
+    status = 409
+    code = "job_not_cancellable"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 
-from modelmora.errors import InvalidInputError, ServeError
+from modelmora.errors import InvalidInputError, JobNotCancellableError, JobNotFoundError
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
@@ -52,18 +52,6 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model, seq);
 """
 T = TypeVar("T")
-
-
-class JobNotFoundError(ServeError):
-    status = 404
-    code = "job_not_found"
-
-
-class JobNotCancellableError(ServeError):
-    """Only a queued job can be cancelled: a running one is already on a worker."""
-
-    status = 409
-    code = "job_not_cancellable"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmora.errors import (
+    ClientDisconnectedError,
     DeadlineExceededError,
     InvalidInputError,
     OverloadedError,
@@ -51,13 +52,6 @@ LOW, NORMAL, HIGH, CRITICAL = 0, 1, 2, 3
 PRIORITIES = {"low": LOW, "normal": NORMAL, "high": HIGH, "critical": CRITICAL}
 CHARS_PER_TOKEN = 4
 MAX_RETRY_AFTER = 60
-
-
-class ClientDisconnectedError(ServeError):
-    """The client left before its request was computed; nobody reads the answer."""
-
-    status = 499
-    code = "client_closed_request"
 
 
 def parse_priority(value: int | str | None) -> int:
