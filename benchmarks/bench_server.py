@@ -74,8 +74,8 @@ from _harness import (
 )
 from bench_queue import MODES, measure  # also puts the repository on sys.path
 
-from modelmora.scheduler import BatchSettings
-from modelmora.supervisor import SupervisorSettings, default_threads
+from modelmora.serve.scheduler import BatchSettings
+from modelmora.serve.supervisor import SupervisorSettings, default_threads
 
 MODEL = "minilm"
 ECHO = "echo"
@@ -249,7 +249,7 @@ def time_calls(
 
 def in_process_model(threads: int) -> Callable[[list[str]], Any]:
     """The model in this process, called as modelmora/runtimes/embedding.py calls it."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # as modelmora.worker.use_threads does
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # as modelmora.serve.worker.use_threads does
     import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging

@@ -27,7 +27,7 @@ sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
 from _harness import percentile  # noqa: E402
 
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings  # noqa: E402
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings  # noqa: E402
 
 
 class LoadLog(logging.Handler):
@@ -109,8 +109,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     arguments = parser.parse_args()
     log = LoadLog()
-    logging.getLogger("modelmora.supervisor").addHandler(log)
-    logging.getLogger("modelmora.supervisor").setLevel(logging.INFO)
+    logging.getLogger("modelmora.serve.supervisor").addHandler(log)
+    logging.getLogger("modelmora.serve.supervisor").setLevel(logging.INFO)
     folder = arguments.model or default_model()
     print(f"model: {folder}")
     forked = asyncio.run(cold_start(folder, "fork", log))

@@ -338,8 +338,9 @@ def serve(
     """Serve the project's models over HTTP (native and OpenAI-compatible APIs)."""
     import os
 
-    from modelmora import project, settings
-    from modelmora.server import (
+    from modelmora import project
+    from modelmora.serve import config as settings
+    from modelmora.serve.app import (
         run_server,
         served_models,
         server_settings,
@@ -370,7 +371,7 @@ def serve(
 
 
 def _client(url: str, api_key: str | None) -> Any:
-    from modelmora.client import Client
+    from modelmora.serve.client import Client
 
     return Client(url, api_key=api_key)
 
@@ -454,7 +455,7 @@ def jobs(
     """List the project's async jobs (POST /jobs), read from its jobs file; no server needed."""
     import asyncio
 
-    from modelmora.jobs import JobPage
+    from modelmora.serve.jobstore import JobPage
 
     path = _project().jobs_path
     found = asyncio.run(_list_jobs(path, model, state, page, limit)) if path.exists() else None
@@ -467,7 +468,7 @@ def jobs(
 async def _list_jobs(
     path: Path, model: str | None, state: str | None, page: int, limit: int
 ) -> Any:
-    from modelmora.jobs import JobStore
+    from modelmora.serve.jobstore import JobStore
 
     async with JobStore(path) as store:
         return await store.list_jobs(model=model, state=state, page=page, limit=limit)

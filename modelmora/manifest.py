@@ -61,7 +61,7 @@ class ModelSpec(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     runtime: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-    # Scheduling (see modelmora.scheduler.BatchSettings); None keeps the server's default.
+    # Scheduling (see modelmora.serve.scheduler.BatchSettings); None keeps the server's default.
     max_batch_size: int | None = Field(default=None, ge=1)
     max_batch_delay_ms: float | None = Field(default=None, ge=0)
     max_batch_tokens: int | None = Field(default=None, ge=1)

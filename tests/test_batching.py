@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from runtimes_for_tests import recorded_batches, text_vector
 
 from modelmora.manifest import ModelSpec
-from modelmora.scheduler import BatchSettings
-from modelmora.server import ServerSettings, batch_settings, create_app
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.app import ServerSettings, batch_settings, create_app
+from modelmora.serve.scheduler import BatchSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 RECORDING = "runtimes_for_tests:RecordingRuntime"
 TEXTS = [f"sentence number {i} " + "word " * (i % 7) for i in range(16)]

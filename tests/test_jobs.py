@@ -13,7 +13,7 @@ from typing import TypeVar
 import pytest
 
 from modelmora.errors import InvalidInputError
-from modelmora.jobs import JobNotCancellableError, JobNotFoundError, JobStore
+from modelmora.serve.jobstore import JobNotCancellableError, JobNotFoundError, JobStore
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def test_an_accepted_job_is_on_disk_even_if_the_process_is_killed(db: Path) -> N
         f"""
         import asyncio, os, signal
         from pathlib import Path
-        from modelmora.jobs import JobStore
+        from modelmora.serve.jobstore import JobStore
 
         async def main():
             store = await JobStore(Path({str(db)!r})).open()

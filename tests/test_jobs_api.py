@@ -24,12 +24,12 @@ from liveserver import serve
 from runtimes_for_tests import recorded_batches, text_vector
 from test_cli import run
 
-from modelmora import settings
 from modelmora.errors import ModelmoraError
-from modelmora.jobs import JobStore
-from modelmora.scheduler import BatchSettings
-from modelmora.server import ServerSettings, create_app
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve import config as settings
+from modelmora.serve.app import ServerSettings, create_app
+from modelmora.serve.jobstore import JobStore
+from modelmora.serve.scheduler import BatchSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 RECORDING = "runtimes_for_tests:RecordingRuntime"
 TESTS = Path(__file__).parent
@@ -228,9 +228,9 @@ class running_server:
         self.script = textwrap.dedent(
             f"""
             from pathlib import Path
-            from modelmora.scheduler import BatchSettings
-            from modelmora.server import ServerSettings, run_server
-            from modelmora.supervisor import ServedModel, SupervisorSettings
+            from modelmora.serve.scheduler import BatchSettings
+            from modelmora.serve.app import ServerSettings, run_server
+            from modelmora.serve.supervisor import ServedModel, SupervisorSettings
             model = ServedModel(
                 "rec", "embedding", Path("."), runtime="{RECORDING}", device="cpu",
                 options={{"record": "{record}"}}, batching=BatchSettings(max_batch_size=1),

@@ -13,8 +13,8 @@ import pytest
 from liveserver import serve
 from modelfactory import build_embedding_model, build_generation_model
 
-from modelmora.server import ServerSettings, create_app
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.app import ServerSettings, create_app
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 CHAT = [{"role": "user", "content": "hello"}]
 

@@ -21,7 +21,7 @@ from modelmora.errors import (
     OverloadedError,
     UnavailableError,
 )
-from modelmora.scheduler import (
+from modelmora.serve.scheduler import (
     CRITICAL,
     HIGH,
     LOW,

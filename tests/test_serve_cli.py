@@ -17,8 +17,8 @@ import psutil
 import pytest
 from modelfactory import build_embedding_model
 
-from modelmora import settings
 from modelmora.errors import ModelmoraError
+from modelmora.serve import config as settings
 
 
 def free_port() -> int:
@@ -157,8 +157,8 @@ def test_unknown_serve_key_names_the_key() -> None:
 def test_quiet_serve_maps_to_a_real_logging_level() -> None:
     import logging.config
 
-    from modelmora.api.telemetry import log_config
-    from modelmora.server import server_settings
+    from modelmora.serve.api.telemetry import log_config
+    from modelmora.serve.app import server_settings
 
     quiet = server_settings(settings.ServeConfig(), quiet=True)
     logging.config.dictConfig(log_config(quiet.log_level))  # raised for the old "quiet"

@@ -27,16 +27,16 @@ from modelfactory import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from modelmora.api.telemetry import JsonFormatter
-from modelmora.client import Client
 from modelmora.errors import (
     InvalidInputError,
     ServeError,
     UnavailableError,
     UnknownModelError,
 )
-from modelmora.server import ServerSettings, create_app
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.api.telemetry import JsonFormatter
+from modelmora.serve.app import ServerSettings, create_app
+from modelmora.serve.client import Client
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 ECHO = "runtimes_for_tests:EchoRuntime"
 SLOW = "runtimes_for_tests:SlowRuntime"
@@ -504,7 +504,7 @@ def test_a_failure_midstream_ends_the_stream_with_an_error_event() -> None:
 
 
 def test_server_process_never_imports_torch() -> None:
-    code = "import sys, modelmora.server, modelmora.client; print(sorted(sys.modules))"
+    code = "import sys, modelmora.serve.app, modelmora.serve.client; print(sorted(sys.modules))"
     output = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
@@ -521,8 +521,8 @@ def test_run_server_drains_on_sigterm_and_leaves_no_worker() -> None:
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from modelmora.server import ServerSettings, run_server
-        from modelmora.supervisor import ServedModel, SupervisorSettings
+        from modelmora.serve.app import ServerSettings, run_server
+        from modelmora.serve.supervisor import ServedModel, SupervisorSettings
         models = [ServedModel("slow", "echo", Path("."), runtime="{SLOW}", device="cpu")]
         settings = SupervisorSettings(drain_timeout=5, template_imports=("runtimes_for_tests",))
         run_server(models, settings, ServerSettings(port={port}))

@@ -24,7 +24,7 @@ from modelmora.errors import (
     UnavailableError,
     UnknownModelError,
 )
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 T = TypeVar("T")
 TESTS = Path(__file__).parent
@@ -436,7 +436,7 @@ def test_spawned_workers_work_where_fork_is_not_used() -> None:
 HOST_SCRIPT = """
 import asyncio, json, os
 from pathlib import Path
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 async def main():
     models = [
@@ -472,7 +472,7 @@ def test_sigkill_of_the_server_leaves_no_workers_behind() -> None:
 
 def test_the_supervisor_does_not_import_torch() -> None:
     code = (
-        "import sys, modelmora.supervisor; "
+        "import sys, modelmora.serve.supervisor; "
         "print([m for m in ('torch', 'transformers', 'numpy') if m in sys.modules])"
     )
     output = subprocess.run(

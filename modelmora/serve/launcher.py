@@ -3,7 +3,7 @@
 A `Launcher` forks workers from the template process (Linux: torch is imported once, there) or
 spawns them afresh. A `Worker` is one such process with a reader task that routes its replies to
 the `Call` they answer, by request id. Policy (when to start, end or restart a worker) lives in
-`modelmora.supervisor`; the other end of every socket lives in `modelmora.worker`.
+`modelmora.serve.supervisor`; the other end of every socket lives in `modelmora.serve.worker`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from modelmora.errors import (
     UnavailableError,
     UnknownModelError,
 )
-from modelmora.worker import HEADER, Message, decode_message, encode_message
+from modelmora.serve.worker import HEADER, Message, decode_message, encode_message
 
-logger = logging.getLogger("modelmora.supervisor")
+logger = logging.getLogger("modelmora.serve.supervisor")
 
 WorkerStart = Literal["auto", "fork", "spawn"]
 ERRORS_BY_CODE: dict[str, type[ServeError]] = {
@@ -74,7 +74,7 @@ class ForkedProcess:
 
 
 class SpawnedProcess:
-    """A worker started as `python -m modelmora.worker worker FD PID`, our own child."""
+    """A worker started as `python -m modelmora.serve.worker worker FD PID`, our own child."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -90,7 +90,7 @@ class SpawnedProcess:
 
 
 class Template:
-    """The supervisor's end of the template process (see `modelmora.worker`)."""
+    """The supervisor's end of the template process (see `modelmora.serve.worker`)."""
 
     def __init__(self, imports: Sequence[str]) -> None:
         self.imports = list(imports)
@@ -383,12 +383,12 @@ def template_environment() -> dict[str, str]:
 async def start_python(
     role: str, sock: socket.socket, env: dict[str, str]
 ) -> asyncio.subprocess.Process:
-    """`python -m modelmora.worker ROLE FD PID` in a session of its own, `sock` passed as FD."""
+    """`python -m modelmora.serve.worker ROLE FD PID` in a session of its own, `sock` as FD."""
     fd = sock.fileno()
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "modelmora.worker",
+        "modelmora.serve.worker",
         role,
         str(fd),
         str(os.getpid()),

@@ -27,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelmora.api import inference
-from modelmora.api.http import (
+from modelmora.errors import OverloadedError, ServeError, UnavailableError, UnknownModelError
+from modelmora.serve.api import inference
+from modelmora.serve.api.http import (
     AppState,
     FieldError,
     PydanticResponse,
@@ -37,12 +38,11 @@ from modelmora.api.http import (
     read_json,
     read_query,
 )
-from modelmora.api.native import InferOptions, Priority, request_schema
-from modelmora.api.openapi import Endpoint
-from modelmora.errors import OverloadedError, ServeError, UnavailableError, UnknownModelError
-from modelmora.jobs import Job, JobPage, JobState, JobStore
+from modelmora.serve.api.native import InferOptions, Priority, request_schema
+from modelmora.serve.api.openapi import Endpoint
+from modelmora.serve.jobstore import Job, JobPage, JobState, JobStore
 
-logger = logging.getLogger("modelmora.jobs")
+logger = logging.getLogger("modelmora.serve.jobstore")
 
 MAX_PURGE_INTERVAL = 600.0
 CLOSE_TIMEOUT = 5.0

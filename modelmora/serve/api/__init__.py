@@ -1,4 +1,4 @@
-"""The parts of the HTTP API that `modelmora.server` puts together.
+"""The parts of the HTTP API that `modelmora.serve.app` puts together.
 
 http           settings, per-app state, bounded JSON bodies, error shapes, API-key check
 native         /health, /ready, /models, /infer and their schemas

@@ -25,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelmora.api.http import API_VERSION, API_VERSION_HEADER, error_response
-from modelmora.api.openapi import Endpoint
-from modelmora.scheduler import PRIORITIES, ModelStats, Scheduler
-from modelmora.supervisor import InferenceResult, Supervisor
+from modelmora.serve.api.http import API_VERSION, API_VERSION_HEADER, error_response
+from modelmora.serve.api.openapi import Endpoint
+from modelmora.serve.scheduler import PRIORITIES, ModelStats, Scheduler
+from modelmora.serve.supervisor import InferenceResult, Supervisor
 
 access_log = logging.getLogger("modelmora.access")
-error_log = logging.getLogger("modelmora.server")
+error_log = logging.getLogger("modelmora.serve.app")
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -22,10 +22,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from modelmora.api.http import AppState, app_state
 from modelmora.errors import ServeError
-from modelmora.scheduler import Batch, BatchOutput, IsDisconnected, parse_priority
-from modelmora.supervisor import InferenceResult, Supervisor
+from modelmora.serve.api.http import AppState, app_state
+from modelmora.serve.scheduler import Batch, BatchOutput, IsDisconnected, parse_priority
+from modelmora.serve.supervisor import InferenceResult, Supervisor
 
 PER_INPUT = {"embedding": "embeddings", "text-classification": "predictions"}
 """The batched tasks, and the result field that has one entry per input."""

@@ -6,7 +6,7 @@
 The template imports torch and transformers once and forks a worker per model load, so a worker
 starts with them already in memory instead of paying seconds of imports. The template never
 touches CUDA: a CUDA context does not survive a fork, so each worker opens its own after the fork.
-Where fork is not available the supervisor spawns `python -m modelmora.worker worker ...` instead.
+Where fork is not available the launcher spawns `python -m modelmora.serve.worker worker ...`.
 
 Wire format on both sockets: a 4-byte big-endian length, then a pickled dict. Pickle is safe here:
 both ends are our own processes. The data socket carries, supervisor to worker:
@@ -427,7 +427,7 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def main(argv: Sequence[str]) -> NoReturn:
-    """`python -m modelmora.worker (template|worker) FD PARENT_PID`: started by the supervisor."""
+    """`python -m modelmora.serve.worker (template|worker) FD PARENT_PID`, from the launcher."""
     role, fd, parent_pid = argv[0], int(argv[1]), int(argv[2])
     die_with_parent(parent_pid)
     sock = socket.socket(fileno=fd)

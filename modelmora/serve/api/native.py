@@ -11,12 +11,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modelmora.api import inference
-from modelmora.api.http import PydanticResponse, app_state, read_json, read_query
-from modelmora.api.openapi import Endpoint
 from modelmora.errors import InvalidInputError
-from modelmora.scheduler import CRITICAL, LOW, PRIORITIES, Scheduler, parse_priority
-from modelmora.supervisor import InferenceResult, ModelStatus
+from modelmora.serve.api import inference
+from modelmora.serve.api.http import PydanticResponse, app_state, read_json, read_query
+from modelmora.serve.api.openapi import Endpoint
+from modelmora.serve.scheduler import CRITICAL, LOW, PRIORITIES, Scheduler, parse_priority
+from modelmora.serve.supervisor import InferenceResult, ModelStatus
 
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

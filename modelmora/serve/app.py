@@ -1,7 +1,7 @@
 """The HTTP server: `create_app` puts the API together around a Supervisor, `run_server` serves it.
 
 The server process never imports torch or transformers; the models run in worker processes that the
-supervisor starts. Routes and schemas live in `modelmora.api`.
+supervisor starts. Routes and schemas live in `modelmora.serve.api`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from modelmora import __version__
-from modelmora.api import inference, jobs, native, openai_compat
-from modelmora.api.http import (
+from modelmora.errors import ModelmoraError, ServeError
+from modelmora.serve.api import inference, jobs, native, openai
+from modelmora.serve.api.http import (
     AppState,
     AuthMiddleware,
     NativeError,
@@ -29,13 +30,12 @@ from modelmora.api.http import (
     handle_http_exception,
     handle_serve_error,
 )
-from modelmora.api.openapi import document_routes, openapi_document
-from modelmora.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
-from modelmora.errors import ModelmoraError, ServeError
-from modelmora.jobs import JobStore
-from modelmora.scheduler import BatchSettings, Scheduler
-from modelmora.settings import ServeConfig, keep_alive_seconds
-from modelmora.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.api.openapi import document_routes, openapi_document
+from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
+from modelmora.serve.config import ServeConfig, keep_alive_seconds
+from modelmora.serve.jobstore import JobStore
+from modelmora.serve.scheduler import BatchSettings, Scheduler
+from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
 
 if TYPE_CHECKING:
     from modelmora.manifest import ModelSpec
@@ -50,7 +50,7 @@ __all__ = [
     "supervisor_settings",
 ]
 
-ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai_compat.ENDPOINTS, METRICS_ENDPOINT]
+ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai.ENDPOINTS, METRICS_ENDPOINT]
 
 
 def create_app(

@@ -1,9 +1,9 @@
 """Worker processes, one per model: start on demand, health-check, restart with backoff, evict.
 
 The supervisor lives in the server's event loop and never imports torch. A model is loaded by
-starting a worker process (`modelmora.worker`) and unloaded by ending it: only the end of a process
-gives all its memory, RAM and GPU, back. Workers are forked from a template process that has torch
-and transformers imported already (Linux), or spawned afresh elsewhere.
+starting a worker process (`modelmora.serve.worker`) and unloaded by ending it: only the end of a
+process gives all its memory, RAM and GPU, back. Workers are forked from a template process that
+has torch and transformers imported already (Linux), or spawned afresh elsewhere.
 
     unloaded ──request / load()──► loading ──► ready ──idle, evicted, unload()──► unloaded
                                       │          │
@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from modelmora.errors import DeadlineExceededError, ServeError, UnavailableError, UnknownModelError
-from modelmora.launcher import Call, Launcher, Worker, WorkerStart
 from modelmora.runtimes import ModelSpec
-from modelmora.scheduler import BatchSettings
-from modelmora.worker import DEFAULT_TEMPLATE_IMPORTS, EXIT_LOAD_FAILED, Message
+from modelmora.serve.launcher import Call, Launcher, Worker, WorkerStart
+from modelmora.serve.scheduler import BatchSettings
+from modelmora.serve.worker import DEFAULT_TEMPLATE_IMPORTS, EXIT_LOAD_FAILED, Message
 
-logger = logging.getLogger("modelmora.supervisor")
+logger = logging.getLogger("modelmora.serve.supervisor")
 
 ModelState = Literal["unloaded", "loading", "ready", "failed"]
 Listener = Callable[[str, str, float], None]

@@ -15,11 +15,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelmora.errors import InvalidInputError, PayloadTooLargeError, ServeError
-from modelmora.scheduler import Scheduler
-from modelmora.supervisor import Supervisor
+from modelmora.serve.scheduler import Scheduler
+from modelmora.serve.supervisor import Supervisor
 
 if TYPE_CHECKING:
-    from modelmora.api.jobs import JobRunner
+    from modelmora.serve.api.jobs import JobRunner
 
 API_VERSION = "1"
 API_VERSION_HEADER = "X-ModelMora-API-Version"

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from modelmora.api import inference
-from modelmora.api.http import (
+from modelmora.errors import InvalidInputError, ServeError
+from modelmora.serve.api import inference
+from modelmora.serve.api.http import (
     FieldError,
     OpenAIError,
     PydanticResponse,
@@ -25,10 +26,9 @@ from modelmora.api.http import (
     error_response,
     read_json,
 )
-from modelmora.api.native import Duration, Priority, record_timing
-from modelmora.api.openapi import Endpoint, Handler
-from modelmora.errors import InvalidInputError, ServeError
-from modelmora.supervisor import ServedModel
+from modelmora.serve.api.native import Duration, Priority, record_timing
+from modelmora.serve.api.openapi import Endpoint, Handler
+from modelmora.serve.supervisor import ServedModel
 
 Chunk = dict[str, Any]
 
