@@ -74,8 +74,8 @@ from _harness import (
 )
 from bench_queue import MODES, measure  # also puts the repository on sys.path
 
-from modelmora.serve.scheduler import BatchSettings
-from modelmora.serve.supervisor import SupervisorSettings, default_threads
+from modelmora.serve.config import BatchSettings, SupervisorSettings
+from modelmora.serve.supervisor import default_threads
 
 MODEL = "minilm"
 ECHO = "echo"

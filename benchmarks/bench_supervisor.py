@@ -27,7 +27,8 @@ sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 
 from _harness import percentile  # noqa: E402
 
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings  # noqa: E402
+from modelmora.serve.config import SupervisorSettings  # noqa: E402
+from modelmora.serve.supervisor import ServedModel, Supervisor  # noqa: E402
 
 
 class LoadLog(logging.Handler):

@@ -339,13 +339,8 @@ def serve(
     import os
 
     from modelmora import project
-    from modelmora.serve import config as settings
-    from modelmora.serve.app import (
-        run_server,
-        served_models,
-        server_settings,
-        supervisor_settings,
-    )
+    from modelmora.serve import config
+    from modelmora.serve.app import run_server, served_models
 
     current = _project()
     installed = project.installed_models(current, frozen=frozen, offline=offline)
@@ -359,15 +354,12 @@ def serve(
         "api_key": api_key,
     }
     manifest = current.manifest()
-    config = settings.resolve(flags, os.environ, manifest.serve, manifest.path.name)
-    models = served_models(installed, config.preload)
-    say(f"Serving {plural(len(models), 'model')} on http://{config.host}:{config.port}")
-    run_server(
-        models,
-        supervisor_settings(config),
-        server_settings(config, options.quiet),
-        current.jobs_path,
-    )
+    settings = config.resolve(flags, os.environ, manifest.serve, manifest.path.name)
+    settings = settings.quiet() if options.quiet else settings
+    models = served_models(installed, settings.preload)
+    server = settings.server
+    say(f"Serving {plural(len(models), 'model')} on http://{server.host}:{server.port}")
+    run_server(models, settings, current.jobs_path)
 
 
 def _client(url: str, api_key: str | None) -> Any:

@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from runtimes_for_tests import recorded_batches, text_vector
 
 from modelmora.manifest import ModelSpec
-from modelmora.serve.app import ServerSettings, batch_settings, create_app
-from modelmora.serve.scheduler import BatchSettings
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.app import create_app
+from modelmora.serve.config import BatchSettings, ServerSettings, SupervisorSettings, batch_settings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 RECORDING = "runtimes_for_tests:RecordingRuntime"
 TEXTS = [f"sentence number {i} " + "word " * (i % 7) for i in range(16)]
@@ -250,8 +250,8 @@ def test_batching_settings_come_from_the_manifest_and_never_make_the_lock_stale(
     plain = ModelSpec(name="m", source="hf://org/m", task="embedding")
     tuned = plain.model_copy(update={"max_batch_size": 64, "max_queue": 1000})
 
-    assert batch_settings(plain) == BatchSettings()
-    assert batch_settings(tuned) == BatchSettings(max_batch_size=64, max_queue=1000)
+    assert batch_settings(plain.model_dump()) == BatchSettings()
+    assert batch_settings(tuned.model_dump()) == BatchSettings(max_batch_size=64, max_queue=1000)
     assert tuned.lock_inputs() == plain.lock_inputs()
     with pytest.raises(ValidationError, match="max_batch_delay_ms"):
         ModelSpec(name="m", source="hf://org/m", task="embedding", max_batch_delay_ms=-1)

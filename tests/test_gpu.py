@@ -31,7 +31,8 @@ def gpu_memory_used_mib() -> int:
 def test_a_model_on_cuda_answers_and_gives_its_memory_back(tmp_path: Path) -> None:
     from modelfactory import build_embedding_model
 
-    from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+    from modelmora.serve.config import SupervisorSettings
+    from modelmora.serve.supervisor import ServedModel, Supervisor
 
     folder = build_embedding_model(tmp_path / "bert")
 

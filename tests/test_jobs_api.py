@@ -26,10 +26,10 @@ from test_cli import run
 
 from modelmora.errors import ModelmoraError
 from modelmora.serve import config as settings
-from modelmora.serve.app import ServerSettings, create_app
+from modelmora.serve.app import create_app
+from modelmora.serve.config import BatchSettings, ServerSettings, SupervisorSettings
 from modelmora.serve.jobstore import JobStore
-from modelmora.serve.scheduler import BatchSettings
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 RECORDING = "runtimes_for_tests:RecordingRuntime"
 TESTS = Path(__file__).parent
@@ -136,7 +136,7 @@ def test_queued_jobs_start_highest_priority_first(http: httpx.Client, record: Pa
 def test_job_retention_is_a_serve_setting() -> None:
     config = settings.resolve({}, {}, {"job_retention": "7d"}, "modelmora.toml")
 
-    assert config.job_retention == 7 * 86400
+    assert config.server.job_retention == 7 * 86400
     with pytest.raises(ModelmoraError, match=r"serve\.job_retention"):
         settings.resolve({}, {}, {"job_retention": "-1"}, "modelmora.toml")
 
@@ -228,16 +228,19 @@ class running_server:
         self.script = textwrap.dedent(
             f"""
             from pathlib import Path
-            from modelmora.serve.scheduler import BatchSettings
-            from modelmora.serve.app import ServerSettings, run_server
-            from modelmora.serve.supervisor import ServedModel, SupervisorSettings
+            from modelmora.serve.app import run_server
+            from modelmora.serve.config import (
+                BatchSettings, ServeConfig, ServerSettings, SupervisorSettings,
+            )
+            from modelmora.serve.supervisor import ServedModel
             model = ServedModel(
                 "rec", "embedding", Path("."), runtime="{RECORDING}", device="cpu",
                 options={{"record": "{record}"}}, batching=BatchSettings(max_batch_size=1),
             )
             settings = SupervisorSettings(template_imports=("runtimes_for_tests",))
             server = ServerSettings(port={self.port}, access_log=False, log_level="warning")
-            run_server([model], settings, server, Path("{jobs_path}"))
+            config = ServeConfig(server=server, supervisor=settings)
+            run_server([model], config, Path("{jobs_path}"))
             """
         )
 

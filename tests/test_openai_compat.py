@@ -13,8 +13,9 @@ import pytest
 from liveserver import serve
 from modelfactory import build_embedding_model, build_generation_model
 
-from modelmora.serve.app import ServerSettings, create_app
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.app import create_app
+from modelmora.serve.config import ServerSettings, SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 CHAT = [{"role": "user", "content": "hello"}]
 

@@ -20,7 +20,8 @@ from modelmora import runtimes
 from modelmora.errors import InvalidInputError, ModelmoraError, UnavailableError
 from modelmora.runtimes import ModelSpec, Runtime, resolve_runtime
 from modelmora.runtimes.embedding import EmbeddingRuntime
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.config import SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 TASKS = {
     "embedding": build_embedding_model,

@@ -19,6 +19,7 @@ from modelfactory import build_embedding_model
 
 from modelmora.errors import ModelmoraError
 from modelmora.serve import config as settings
+from modelmora.units import parse_duration, parse_size
 
 
 def free_port() -> int:
@@ -127,26 +128,28 @@ def test_settings_precedence_flag_then_env_then_manifest() -> None:
     table = {"port": 9000, "keep_alive": "10m", "memory_budget": "8GB", "preload": ["a"]}
     env = {"MODELMORA_PORT": "9100", "MODELMORA_PRELOAD": "b,c"}
     config = settings.resolve({"port": 9200}, env, table, "modelmora.toml")
-    assert config.port == 9200
+    assert config.server.port == 9200
     assert config.preload == ("b", "c")
-    assert config.keep_alive == 600.0 and config.memory_budget == 8_000_000_000
-    assert settings.resolve({}, env, table, "modelmora.toml").port == 9100
-    assert settings.resolve({}, {}, table, "modelmora.toml").port == 9000
-    assert settings.resolve({}, {}, {}, "modelmora.toml").host == "127.0.0.1"
+    assert config.supervisor.keep_alive == 600.0
+    assert config.supervisor.memory_budget == 8_000_000_000
+    assert settings.resolve({}, env, table, "modelmora.toml").server.port == 9100
+    assert settings.resolve({}, {}, table, "modelmora.toml").server.port == 9000
+    assert settings.resolve({}, {}, {}, "modelmora.toml").server.host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("5m", 300.0), ("30s", 30.0), ("0", 0.0), ("-1", -1.0), ("1h", 3600.0)]
+    ("text", "seconds"),
+    [("5m", 300.0), ("30s", 30.0), ("0", 0.0), ("-1", -1.0), ("1h", 3600.0), ("1d", 86400.0)],
 )
 def test_durations(text: str, seconds: float) -> None:
-    assert settings.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(
     ("text", "size"), [("8GB", 8 * 10**9), ("512MiB", 512 * 2**20), ("2g", 2 * 10**9), ("100", 100)]
 )
 def test_sizes(text: str, size: int) -> None:
-    assert settings.parse_size(text) == size
+    assert parse_size(text) == size
 
 
 def test_unknown_serve_key_names_the_key() -> None:
@@ -158,9 +161,8 @@ def test_quiet_serve_maps_to_a_real_logging_level() -> None:
     import logging.config
 
     from modelmora.serve.api.telemetry import log_config
-    from modelmora.serve.app import server_settings
 
-    quiet = server_settings(settings.ServeConfig(), quiet=True)
+    quiet = settings.ServeConfig().quiet().server
     logging.config.dictConfig(log_config(quiet.log_level))  # raised for the old "quiet"
     assert quiet.log_level == "warning"
-    assert server_settings(settings.ServeConfig()).log_level == "info"
+    assert settings.ServeConfig().server.log_level == "info"

@@ -34,9 +34,10 @@ from modelmora.errors import (
     UnknownModelError,
 )
 from modelmora.serve.api.telemetry import JsonFormatter
-from modelmora.serve.app import ServerSettings, create_app
+from modelmora.serve.app import create_app
 from modelmora.serve.client import Client
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.config import ServerSettings, SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 ECHO = "runtimes_for_tests:EchoRuntime"
 SLOW = "runtimes_for_tests:SlowRuntime"
@@ -521,11 +522,12 @@ def test_run_server_drains_on_sigterm_and_leaves_no_worker() -> None:
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from modelmora.serve.app import ServerSettings, run_server
-        from modelmora.serve.supervisor import ServedModel, SupervisorSettings
+        from modelmora.serve.app import run_server
+        from modelmora.serve.config import ServeConfig, ServerSettings, SupervisorSettings
+        from modelmora.serve.supervisor import ServedModel
         models = [ServedModel("slow", "echo", Path("."), runtime="{SLOW}", device="cpu")]
         settings = SupervisorSettings(drain_timeout=5, template_imports=("runtimes_for_tests",))
-        run_server(models, settings, ServerSettings(port={port}))
+        run_server(models, ServeConfig(ServerSettings(port={port}), settings))
         """
     )
     env = {

@@ -24,7 +24,8 @@ from modelmora.errors import (
     UnavailableError,
     UnknownModelError,
 )
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.config import SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 T = TypeVar("T")
 TESTS = Path(__file__).parent
@@ -436,7 +437,8 @@ def test_spawned_workers_work_where_fork_is_not_used() -> None:
 HOST_SCRIPT = """
 import asyncio, json, os
 from pathlib import Path
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.config import SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 async def main():
     models = [

@@ -26,29 +26,20 @@ from modelmora.serve.api.http import (
     AppState,
     AuthMiddleware,
     NativeError,
-    ServerSettings,
     handle_http_exception,
     handle_serve_error,
 )
 from modelmora.serve.api.openapi import document_routes, openapi_document
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
-from modelmora.serve.config import ServeConfig, keep_alive_seconds
+from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
 from modelmora.serve.jobstore import JobStore
-from modelmora.serve.scheduler import BatchSettings, Scheduler
-from modelmora.serve.supervisor import ServedModel, Supervisor, SupervisorSettings
+from modelmora.serve.scheduler import Scheduler
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 if TYPE_CHECKING:
-    from modelmora.manifest import ModelSpec
     from modelmora.project import InstalledModel
 
-__all__ = [
-    "ServerSettings",
-    "create_app",
-    "run_server",
-    "served_models",
-    "server_settings",
-    "supervisor_settings",
-]
+__all__ = ["create_app", "run_server", "served_models"]
 
 ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai.ENDPOINTS, METRICS_ENDPOINT]
 
@@ -140,63 +131,30 @@ def _served(model: InstalledModel, preload: bool) -> ServedModel:
         threads=spec.threads,
         runtime=spec.runtime,
         options=spec.options,
-        batching=batch_settings(spec),
-    )
-
-
-def batch_settings(spec: ModelSpec) -> BatchSettings:
-    """The manifest's scheduling fields that are set, over the scheduler's defaults."""
-    fields = ("max_batch_size", "max_batch_delay_ms", "max_batch_tokens", "max_queue")
-    chosen = {name: getattr(spec, name) for name in fields if getattr(spec, name) is not None}
-    return BatchSettings(**chosen)
-
-
-def server_settings(config: ServeConfig, quiet: bool = False) -> ServerSettings:
-    return ServerSettings(
-        host=config.host,
-        port=config.port,
-        api_key=config.api_key,
-        max_body_bytes=config.max_body_bytes,
-        log_level="warning" if quiet else "info",  # a logging level: there is no "quiet"
-        job_retention=config.job_retention,
-    )
-
-
-def supervisor_settings(config: ServeConfig) -> SupervisorSettings:
-    return SupervisorSettings(
-        max_loaded_models=config.max_loaded_models,
-        memory_budget=config.memory_budget,
-        keep_alive=config.keep_alive,
-        drain_timeout=config.drain_timeout,
-        request_timeout=config.request_timeout,
+        batching=batch_settings(spec.model_dump()),
     )
 
 
 def run_server(
-    models: Sequence[ServedModel],
-    supervisor_settings: SupervisorSettings,
-    server_settings: ServerSettings,
-    jobs_path: Path | None = None,
+    models: Sequence[ServedModel], config: ServeConfig, jobs_path: Path | None = None
 ) -> None:
     """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers."""
-    app = create_app(Supervisor(models, supervisor_settings), server_settings, jobs_path)
-    uvicorn.Server(_uvicorn_config(app, supervisor_settings, server_settings)).run()
+    app = create_app(Supervisor(models, config.supervisor), config.server, jobs_path)
+    uvicorn.Server(_uvicorn_config(app, config)).run()
 
 
-def _uvicorn_config(
-    app: Starlette, supervisor_settings: SupervisorSettings, settings: ServerSettings
-) -> uvicorn.Config:
+def _uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
     """uvicorn on the stdlib event loop and h11, which need nothing beyond uvicorn itself."""
     return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=config.server.host,
+        port=config.server.port,
         loop="asyncio",
         http="h11",
         ws="none",
         lifespan="on",
-        log_config=log_config(settings.log_level),
+        log_config=log_config(config.server.log_level),
         access_log=False,  # ours is JSON, with request id and model
         server_header=False,
-        timeout_graceful_shutdown=math.ceil(supervisor_settings.drain_timeout),
+        timeout_graceful_shutdown=math.ceil(config.supervisor.drain_timeout),
     )

@@ -1,45 +1,136 @@
-"""Settings of `modelmora serve`: command-line flags, then `MODELMORA_*` variables, then the
-manifest's `[serve]` table, then defaults. Also the parsers for durations ("5m") and sizes ("8GB").
+"""Every setting of `modelmora serve` and its default, defined once.
+
+    ServeConfig ── server: ServerSettings          how the HTTP server listens and what it accepts
+                ├─ supervisor: SupervisorSettings  the models' lifecycle: room, keep-alive, crashes
+                └─ preload                         models loaded at start
+    BatchSettings                                  one model's queue and batches (manifest fields)
+
+`resolve` merges the layers a user can set, first match wins: command-line flags, `MODELMORA_*`
+variables, the manifest's `[serve]` table, then the defaults of the records below. Each bad value
+is reported with where it came from.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from modelmora.errors import ModelmoraError
+from modelmora.units import parse_duration, parse_size
 
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+WorkerStart = Literal["auto", "fork", "spawn"]
+
+TEMPLATE_IMPORTS = (
+    "torch",
+    "transformers",
+    "transformers.modeling_utils",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.auto.tokenization_auto",
+    "transformers.models.bert.modeling_bert",  # most sentence-embedding models are BERT-like
+    "modelmora.runtimes.embedding",
+    "modelmora.runtimes.classification",
+    "modelmora.runtimes.generation",
+)
 
 
-def parse_duration(value: str | float | int) -> float:
-    """Seconds from `30`, `"30s"`, `"5m"`, `"1h"`, `"250ms"`; negative means never (as Ollama)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if match is None:
-        raise ValueError(f"'{value}' is not a duration; write e.g. 30s, 5m, 1h, 0 or -1")
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    return -1.0 if seconds < 0 else seconds
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server listens and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    log_level: str = "info"
+    access_log: bool = True
+    job_retention: float = 24 * 3600.0
+    """Seconds a finished job (and its result) is kept."""
 
 
-def parse_size(value: str | int) -> int:
-    """Bytes from `1073741824`, `"8GB"`, `"512MiB"`, `"2g"`."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = _SIZE.match(str(value))
-    if match is None:
-        raise ValueError(f"'{value}' is not a size; write e.g. 8GB, 512MiB or a number of bytes")
-    unit = match.group(2).lower()
-    prefix = unit[0] if unit and unit[0] in "kmgt" else ""
-    base = 1024 if "i" in unit else 1000
-    power = "kmgt".index(prefix) + 1 if prefix else 0
-    return int(float(match.group(1)) * base**power)
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """The models' lifecycle: how many run at once, when they unload, how crashes are handled."""
+
+    max_loaded_models: int = 0
+    """How many workers may run at once; 0 means no limit."""
+    memory_budget: int | None = None
+    """Bytes all workers together may hold (measured after load); None means no limit."""
+    keep_alive: float = 300.0
+    """Idle seconds before a model is unloaded: 0 right after each request, negative never."""
+    drain_timeout: float = 30.0
+    request_timeout: float = 60.0
+    """Default deadline of a request, load included; 0 or less means none."""
+    max_crashes: int = 3
+    crash_window: float = 60.0
+    restart_backoff: float = 1.0
+    """Wait before restarting a worker that crashed twice in a row; doubles with each crash."""
+    max_restart_backoff: float = 60.0
+    """The longest wait between restarts of a crash-looping worker."""
+    stable_after: float = 60.0
+    """A worker that has served this long without crashing starts its backoff afresh."""
+    stop_timeout: float = 5.0
+    """How long a worker has to exit after SIGTERM before it gets SIGKILL."""
+    load_timeout: float = 600.0
+    """How long a load may take (process start, weights, warm-up) before it counts as failed."""
+    health_interval: float = 10.0
+    health_timeout: float = 30.0
+    """A worker that does not answer a ping within this is killed and counted as a crash."""
+    worker_start: WorkerStart = "auto"
+    """fork from a template process with the imports done (auto on Linux), or spawn afresh."""
+    template_imports: tuple[str, ...] = TEMPLATE_IMPORTS
+    """Modules imported once before workers are forked (or by each spawned worker)."""
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How the scheduler queues and batches one model's requests (manifest fields, same names)."""
+
+    max_batch_size: int = 32
+    """Inputs per batch; 1 turns batching off."""
+    max_batch_delay_ms: float = 2.0
+    """How long the oldest queued request may wait for the batch to fill. This is added latency
+    when requests come one at a time, so it stays small; under load, requests wait for the batch
+    in flight anyway and leave as soon as it is done."""
+    max_batch_tokens: int = 8192
+    """Padded tokens per batch (longest input x inputs); one input over it still goes, alone."""
+    max_queue: int = 256
+    """Inputs of live requests queued per model before new ones get 429; a larger request is
+    taken only when the queue is empty. Jobs queue beside them and never count against it."""
+    max_in_flight: int = 1
+    """Batches computing at once per model; 2 lets the next batch travel to the worker early."""
+    sort_by_length: bool = False
+    """Send a batch's inputs longest first (results still come back in order): helps a runtime
+    that splits a batch into padded sub-batches; a single padded batch does not care."""
+
+    def __post_init__(self) -> None:
+        positive = ("max_batch_size", "max_batch_tokens", "max_queue", "max_in_flight")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_batch_delay_ms < 0:
+            raise ValueError("max_batch_delay_ms must not be negative")
+
+
+BATCH_FIELDS = ("max_batch_size", "max_batch_delay_ms", "max_batch_tokens", "max_queue")
+"""The BatchSettings a model's manifest entry may set."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    preload: tuple[str, ...] = ()
+
+    def quiet(self) -> ServeConfig:
+        """Only warnings and errors in the server's log (`modelmora --quiet serve`)."""
+        return dataclasses.replace(
+            self, server=dataclasses.replace(self.server, log_level="warning")
+        )
+
+
+# --- the layers -----------------------------------------------------------------------------------
 
 
 def _port(value: Any) -> int:
@@ -57,6 +148,8 @@ def _count(value: Any) -> int:
 
 
 def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"'{value}' is not {what}")
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -72,59 +165,52 @@ def _optional_size(value: Any) -> int | None:
     return None if value in (None, "", 0, "0") else parse_size(value)
 
 
-def _retention(value: Any) -> float:
+def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds < 0:
-        raise ValueError(f"'{value}' is negative; finished jobs are kept for a duration like 7d")
+        raise ValueError(f"'{value}' is negative; write a duration like 30s, 5m or 7d")
     return seconds
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_loaded_models: int = 0
-    memory_budget: int | None = None
-    keep_alive: float = 300.0
-    preload: tuple[str, ...] = ()
-    api_key: str | None = None
-    drain_timeout: float = 30.0
-    request_timeout: float = 60.0
-    max_body_bytes: int = 8 * 1024 * 1024
-    job_retention: float = 24 * 3600.0
-    """How long finished jobs and their results are kept (`[serve] job_retention = "7d"`)."""
+Section = Literal["server", "supervisor", "config"]
 
-
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "host": str,
-    "port": _port,
-    "max_loaded_models": _count,
-    "memory_budget": _optional_size,
-    "keep_alive": parse_duration,
-    "preload": _names,
-    "api_key": lambda value: str(value) or None,
-    "drain_timeout": parse_duration,
-    "request_timeout": parse_duration,
-    "max_body_bytes": parse_size,
-    "job_retention": _retention,
+KEYS: dict[str, tuple[Section, Callable[[Any], Any]]] = {
+    "host": ("server", str),
+    "port": ("server", _port),
+    "api_key": ("server", lambda value: str(value) or None),
+    "max_body_bytes": ("server", parse_size),
+    "job_retention": ("server", _positive_duration),
+    "max_loaded_models": ("supervisor", _count),
+    "memory_budget": ("supervisor", _optional_size),
+    "keep_alive": ("supervisor", parse_duration),
+    "drain_timeout": ("supervisor", _positive_duration),
+    "request_timeout": ("supervisor", parse_duration),
+    "restart_backoff": ("supervisor", _positive_duration),
+    "max_restart_backoff": ("supervisor", _positive_duration),
+    "preload": ("config", _names),
 }
+"""Each `[serve]` key (also a flag and a `MODELMORA_*` variable): the record it sets, its parser."""
 
 
 def resolve(
     flags: Mapping[str, Any], env: Mapping[str, str], table: Mapping[str, Any], filename: str
 ) -> ServeConfig:
-    """Merge the three layers; each bad value is reported with where it came from."""
-    unknown = sorted(set(table) - set(_PARSERS))
+    """Merge the three layers over the defaults; each bad value names where it came from."""
+    unknown = sorted(set(table) - set(KEYS))
     if unknown:
         raise ModelmoraError(
-            f"{filename}: serve.{unknown[0]}: unknown key", f"known keys: {', '.join(_PARSERS)}"
+            f"{filename}: serve.{unknown[0]}: unknown key", f"known keys: {', '.join(KEYS)}"
         )
-    values: dict[str, Any] = {}
-    for field in fields(ServeConfig):
-        raw, where = _pick(field.name, flags, env, table, filename)
+    chosen: dict[Section, dict[str, Any]] = {"server": {}, "supervisor": {}, "config": {}}
+    for name, (section, parser) in KEYS.items():
+        raw, where = _pick(name, flags, env, table, filename)
         if raw is not None:
-            values[field.name] = _parse(field.name, raw, where)
-    return ServeConfig(**values)
+            chosen[section][name] = _parse(parser, raw, where)
+    return ServeConfig(
+        server=ServerSettings(**chosen["server"]),
+        supervisor=SupervisorSettings(**chosen["supervisor"]),
+        **chosen["config"],
+    )
 
 
 def _pick(
@@ -142,9 +228,9 @@ def _pick(
     return table.get(name), f"{filename}: serve.{name}"
 
 
-def _parse(name: str, raw: Any, where: str) -> Any:
+def _parse(parser: Callable[[Any], Any], raw: Any, where: str) -> Any:
     try:
-        return _PARSERS[name](raw)
+        return parser(raw)
     except (TypeError, ValueError) as error:
         raise ModelmoraError(f"{where}: {error}") from None
 
@@ -154,7 +240,13 @@ def keep_alive_seconds(value: str | float | None, where: str) -> float | None:
     if value is None:
         return None
     try:
-        seconds = parse_duration(value)
+        return parse_duration(value)
     except ValueError as error:
         raise ModelmoraError(f"{where}: {error}") from None
-    return seconds if math.isfinite(seconds) else -1.0
+
+
+def batch_settings(fields: Mapping[str, Any]) -> BatchSettings:
+    """A model's BatchSettings: the manifest's scheduling fields that are set, over the defaults."""
+    return BatchSettings(
+        **{name: fields[name] for name in BATCH_FIELDS if fields.get(name) is not None}
+    )

@@ -17,7 +17,7 @@ import pickle
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from modelmora.errors import (
     DeadlineExceededError,
@@ -28,11 +28,11 @@ from modelmora.errors import (
     UnavailableError,
     UnknownModelError,
 )
+from modelmora.serve.config import WorkerStart
 from modelmora.serve.worker import HEADER, Message, decode_message, encode_message
 
 logger = logging.getLogger("modelmora.serve.supervisor")
 
-WorkerStart = Literal["auto", "fork", "spawn"]
 ERRORS_BY_CODE: dict[str, type[ServeError]] = {
     error.code: error
     for error in (

@@ -47,6 +47,7 @@ from modelmora.errors import (
     ServeError,
     UnavailableError,
 )
+from modelmora.serve.config import BatchSettings
 
 LOW, NORMAL, HIGH, CRITICAL = 0, 1, 2, 3
 PRIORITIES = {"low": LOW, "normal": NORMAL, "high": HIGH, "critical": CRITICAL}
@@ -74,34 +75,6 @@ def estimate_tokens(text: str) -> int:
 
 
 # --- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    max_batch_size: int = 32
-    """Inputs per batch; 1 turns batching off."""
-    max_batch_delay_ms: float = 2.0
-    """How long the oldest queued request may wait for the batch to fill. This is added latency
-    when requests come one at a time, so it stays small; under load, requests wait for the batch
-    in flight anyway and leave as soon as it is done."""
-    max_batch_tokens: int = 8192
-    """Padded tokens per batch (longest input x inputs); one input over it still goes, alone."""
-    max_queue: int = 256
-    """Inputs queued per model before new requests get 429; a larger request is taken only when
-    the queue is empty."""
-    max_in_flight: int = 1
-    """Batches computing at once per model; 2 lets the next batch travel to the worker early."""
-    sort_by_length: bool = False
-    """Send a batch's inputs longest first (results still come back in order): helps a runtime
-    that splits a batch into padded sub-batches; a single padded batch does not care."""
-
-    def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_batch_tokens", "max_queue", "max_in_flight")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_batch_delay_ms < 0:
-            raise ValueError("max_batch_delay_ms must not be negative")
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ from typing import Any, Literal, TypeVar
 
 from modelmora.errors import DeadlineExceededError, ServeError, UnavailableError, UnknownModelError
 from modelmora.runtimes import ModelSpec
-from modelmora.serve.launcher import Call, Launcher, Worker, WorkerStart
-from modelmora.serve.scheduler import BatchSettings
-from modelmora.serve.worker import DEFAULT_TEMPLATE_IMPORTS, EXIT_LOAD_FAILED, Message
+from modelmora.serve.config import BatchSettings, SupervisorSettings
+from modelmora.serve.launcher import Call, Launcher, Worker
+from modelmora.serve.worker import EXIT_LOAD_FAILED, Message
 
 logger = logging.getLogger("modelmora.serve.supervisor")
 
@@ -76,33 +76,6 @@ class ServedModel:
     options: Mapping[str, Any] = field(default_factory=dict)
     batching: BatchSettings = field(default_factory=BatchSettings)
     """How the server's scheduler queues and batches this model's requests."""
-
-
-@dataclass(frozen=True)
-class SupervisorSettings:
-    max_loaded_models: int = 0
-    """How many workers may run at once; 0 means no limit."""
-    memory_budget: int | None = None
-    """Bytes all workers together may hold (measured after load); None means no limit."""
-    keep_alive: float = 300.0
-    """Idle seconds before a model is unloaded: 0 right after each request, negative never."""
-    drain_timeout: float = 30.0
-    request_timeout: float = 60.0
-    """Default deadline of a request, load included; 0 or less means none."""
-    max_crashes: int = 3
-    """The model is marked failed at its max_crashes-th crash within crash_window seconds."""
-    crash_window: float = 60.0
-    stop_timeout: float = 5.0
-    """How long a worker has to exit after SIGTERM before it gets SIGKILL."""
-    load_timeout: float = 600.0
-    """How long a load may take (process start, weights, warm-up) before it counts as failed."""
-    health_interval: float = 10.0
-    health_timeout: float = 30.0
-    """A worker that does not answer a ping within this is killed and counted as a crash."""
-    worker_start: WorkerStart = "auto"
-    """fork from a template process with the imports done (auto on Linux), or spawn afresh."""
-    template_imports: tuple[str, ...] = DEFAULT_TEMPLATE_IMPORTS
-    """Modules imported once before workers are forked (or by each spawned worker)."""
 
 
 @dataclass(frozen=True)

@@ -51,18 +51,6 @@ HEADER = struct.Struct("!I")
 PR_SET_PDEATHSIG = 1
 EXIT_LOAD_FAILED = 3
 
-DEFAULT_TEMPLATE_IMPORTS = (
-    "torch",
-    "transformers",
-    "transformers.modeling_utils",
-    "transformers.models.auto.modeling_auto",
-    "transformers.models.auto.tokenization_auto",
-    "transformers.models.bert.modeling_bert",  # most sentence-embedding models are BERT-like
-    "modelmora.runtimes.embedding",
-    "modelmora.runtimes.classification",
-    "modelmora.runtimes.generation",
-)
-
 
 def encode_message(message: Message) -> bytes:
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelmora.errors import InvalidInputError, PayloadTooLargeError, ServeError
+from modelmora.serve.config import ServerSettings
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import Supervisor
 
@@ -24,20 +25,6 @@ if TYPE_CHECKING:
 API_VERSION = "1"
 API_VERSION_HEADER = "X-ModelMora-API-Version"
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """How the server listens and what it accepts; model lifecycle is in SupervisorSettings."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    max_body_bytes: int = 8 * 1024 * 1024
-    log_level: str = "info"
-    access_log: bool = True
-    job_retention: float = 24 * 3600.0
-    """Seconds a finished job (and its result) is kept."""
 
 
 @dataclass(frozen=True)

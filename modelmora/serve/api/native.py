@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -17,27 +16,14 @@ from modelmora.serve.api.http import PydanticResponse, app_state, read_json, rea
 from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.scheduler import CRITICAL, LOW, PRIORITIES, Scheduler, parse_priority
 from modelmora.serve.supervisor import InferenceResult, ModelStatus
-
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def to_seconds(value: object) -> object:
-    """Read a duration as Ollama does: seconds, or text like `500ms`, `30s`, `5m`, `1h`."""
-    if not isinstance(value, str):
-        return value
-    match = _DURATION.match(value)
-    if match is None:
-        raise ValueError("expected a duration such as 30, '30s', '5m' or '1h'")
-    return float(match[1]) * _SECONDS[match[2] or "s"]
-
+from modelmora.units import DURATION_PATTERN, parse_duration
 
 Duration = Annotated[
     float,
-    BeforeValidator(to_seconds),
+    BeforeValidator(parse_duration),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "number"}, {"type": "string", "pattern": _DURATION.pattern}],
+            "anyOf": [{"type": "number"}, {"type": "string", "pattern": DURATION_PATTERN}],
             "description": "seconds, or text like '30s', '5m'; 0 unloads after the request, "
             "negative never unloads",
         }
