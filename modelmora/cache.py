@@ -36,6 +36,8 @@ from modelmora.files import CHUNK, link_or_copy, replace_symlink, sha256_file, w
 from modelmora.lockfile import LockedFile, LockedModel
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # an undecodable byte in a local file name
 
 
 def default_root() -> Path:
@@ -71,10 +73,21 @@ class GcReport:
 
 
 def check_relative(path: str) -> str:
-    """Refuse a file path that could escape the snapshot folder."""
+    """Refuse a file path that could escape the snapshot folder, or that the lock cannot carry."""
     pure = PurePosixPath(path)
     if not path or pure.is_absolute() or "\\" in path or ".." in pure.parts or path.startswith("~"):
-        raise UnsafeFileError(f"refusing file path '{path}': it escapes the model folder")
+        raise UnsafeFileError(f"refusing file path {path!r}: it escapes the model folder")
+    if control := _CONTROL.search(path):
+        raise UnsafeFileError(
+            f"refusing file path {path!r}: it contains a control character "
+            f"(U+{ord(control.group()):04X})",
+            "leave it out with `exclude` in modelmora.toml, or rename it",
+        )
+    if _SURROGATE.search(path):
+        raise UnsafeFileError(
+            f"refusing file path {path!r}: it is not valid UTF-8",
+            "leave it out with `exclude` in modelmora.toml, or rename it",
+        )
     return path
 
 

@@ -7,7 +7,7 @@ the manifest (as uv does), so the error can say which model changed and a merge 
 
 from __future__ import annotations
 
-import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +29,10 @@ HEADER = (
     "# Run `modelmora lock` to update it after changing modelmora.toml.\n"
 )
 INPUT_KEYS = ("source", "revision", "task", "include", "exclude", "allow_pickle")
+# What TOML forbids raw in a basic string, plus what editors and `str.splitlines` take for a line
+# break (C1 controls, U+2028, U+2029): escaped, every entry stays on one line.
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, order=True)
@@ -147,11 +151,22 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        # A JSON string without ASCII escaping is a valid TOML basic string.
-        return json.dumps(value, ensure_ascii=False)
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(item) for item in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to the lock file")
+
+
+def toml_string(text: str) -> str:
+    """`text` as a one-line TOML basic string: quote, backslash and control characters escaped."""
+    if _SURROGATE.search(text):
+        raise ValueError(f"cannot write {text!r} to the lock file: it is not valid Unicode")
+    return '"' + _NEEDS_ESCAPE.sub(_escape, text) + '"'
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\\" + char if char in '"\\' else f"\\u{ord(char):04X}"
 
 
 # --- freshness ----------------------------------------------------------------------------------

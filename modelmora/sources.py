@@ -154,9 +154,7 @@ def _hub_candidate(entry: Any) -> _Candidate:
     lfs = getattr(entry, "lfs", None)
     sha256 = lfs.sha256 if lfs is not None else None
     size = lfs.size if lfs is not None else entry.size
-    return _Candidate(
-        check_relative(entry.path), int(size), sha256, getattr(entry, "blob_id", None)
-    )
+    return _Candidate(entry.path, int(size), sha256, getattr(entry, "blob_id", None))
 
 
 def _hub_file(repo_id: str, commit: str, candidate: _Candidate, cache: Cache) -> LockedFile:
@@ -181,8 +179,10 @@ def _hub_task(info: Any) -> str | None:
 
 
 def select(spec: ModelSpec, candidates: Sequence[_Candidate]) -> list[_Candidate]:
-    """Apply include/exclude, refuse pickle weights unless allowed, prefer safetensors."""
+    """Apply include/exclude, refuse unsafe paths and pickle weights, prefer safetensors."""
     chosen = [c for c in candidates if _matches(c.path, spec.patterns, spec.exclude)]
+    for candidate in chosen:
+        check_relative(candidate.path)
     pickles = [c.path for c in chosen if c.path.endswith(PICKLE_SUFFIXES)]
     if pickles and not spec.allow_pickle:
         raise UnsafeFileError(

@@ -86,3 +86,47 @@ def test_added_and_removed_models(tmp_path: Path) -> None:
     current = manifest_with(tmp_path, '[models.b]\nsource = "hf://org/b"\ntask = "embedding"\n')
     kinds = {c.name: c.kind for c in lockfile.changes(current, Lock().with_models([locked("a")]))}
     assert kinds == {"a": "removed", "b": "added"}
+
+
+NASTY_STRINGS = [
+    "plain.json",
+    'double"quote',
+    "single'quote",
+    "back\\slash",
+    "trailing backslash\\",
+    "tab\there",
+    "new\nline",
+    "carriage\rreturn",
+    "del\x7f",
+    "nul\x00",
+    "unit separator\x1f",
+    "c1 control\x85",
+    "ünïcödé 日本語 🙂",
+    "hash # equals = [brackets] {braces}",
+    "line separator\u2028paragraph\u2029",
+    '"""',
+]
+
+
+@pytest.mark.parametrize("text", NASTY_STRINGS)
+def test_any_string_round_trips_on_one_line(text: str) -> None:
+    model = LockedModel(
+        "m",
+        f"pkg://x/{text}",
+        text,
+        "embedding",
+        "c",
+        tuple(sorted([LockedFile(text, 1, "a" * 64), LockedFile("b.json", 2, "b" * 64)])),
+        include=(text, "*.json"),
+        exclude=(text,),
+    )
+    text_lock = lockfile.dumps(Lock().with_models([model]))
+    assert lockfile.parse(lockfile.tomllib.loads(text_lock)).models["m"] == model
+    plain = lockfile.dumps(Lock().with_models([locked("m")]))
+    assert len(text_lock.splitlines()) == len(plain.splitlines())
+
+
+def test_toml_strings_escape_quotes_backslashes_and_control_characters() -> None:
+    assert lockfile.toml_string('a"b\\c') == '"a\\"b\\\\c"'
+    assert lockfile.toml_string("del\x7f tab\t nl\n") == '"del\\u007F tab\\u0009 nl\\u000A"'
+    assert lockfile.toml_string("ü 🙂 # =") == '"ü 🙂 # ="'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -433,3 +434,88 @@ def test_installed_models_installs_or_with_frozen_refuses(
     assert served.spec.device == "cpu" and served.locked.commit == demo.lock().models["tiny"].commit
     assert (served.path / "model.safetensors").stat().st_size == len(weights(0))
     assert project.installed_models(demo, frozen=True) == [served]
+
+
+ROUND_TRIP_NAMES = [
+    "with space.json",
+    'double"quote.json',
+    "single'quote.json",
+    "hash#tag.json",
+    "eq=ual.json",
+    "percent%20.json",
+    "question?.json",
+    "brackets[1]{2}.json",
+    "comma,semi;colon:.json",
+    "ünïcödé 日本語 🙂.json",
+    "zero\u200bwidth\u202eoverride.json",
+    "nested/sub dir/deep.json",
+    "-dash.json",
+    '""".json',
+]
+REFUSED_NAMES = {
+    "back\\slash.json": "escapes the model folder",
+    "new\nline.json": r"control character \(U\+000A\)",
+    "tab\there.json": r"control character \(U\+0009\)",
+    "del\x7f.json": r"control character \(U\+007F\)",
+    "c1\x85.json": r"control character \(U\+0085\)",
+}
+
+
+def copy_lock_to_empty_cache(
+    demo: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Project:
+    ci = tmp_path / "ci"
+    ci.mkdir()
+    (ci / "modelmora.lock").write_bytes(demo.lock_path.read_bytes())
+    monkeypatch.setenv("MODELMORA_HOME", str(tmp_path / "empty-cache"))
+    return Project(ci)
+
+
+def odd_model(kind: str, files: dict[str, bytes], hub: FakeHub, root: Path) -> str:
+    if kind == "hub":
+        hub.add_commit(REPO, files)
+        return hub_model(extra='include = ["*"]')
+    for name, data in files.items():
+        (root / "folder" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "folder" / name).write_bytes(data)
+    return 'source = "../folder"\ntask = "embedding"\ninclude = ["*"]'
+
+
+@pytest.mark.parametrize("kind", ["hub", "folder"])
+@pytest.mark.parametrize("name", ROUND_TRIP_NAMES)
+def test_odd_file_names_round_trip_from_lock_to_a_frozen_install(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, name: str
+) -> None:
+    files = {"config.json": CONFIG, name: b"payload of " + name.encode()}
+    demo = make_project(tmp_path / "demo", {"odd": odd_model(kind, files, fake_hub, tmp_path)})
+    project.lock(demo)
+    ci = copy_lock_to_empty_cache(demo, tmp_path, monkeypatch)
+    project.install(ci, mode="frozen")
+    expected = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
+    assert snapshot_digests((ci.models_dir / "odd").resolve()) == expected
+
+
+@pytest.mark.parametrize("kind", ["hub", "folder"])
+@pytest.mark.parametrize("name", sorted(REFUSED_NAMES))
+def test_unsafe_file_names_are_refused_at_lock_time(
+    fake_hub: FakeHub, tmp_path: Path, kind: str, name: str
+) -> None:
+    files = {"config.json": CONFIG, name: b"payload"}
+    demo = make_project(tmp_path / "demo", {"odd": odd_model(kind, files, fake_hub, tmp_path)})
+    with pytest.raises(UnsafeFileError) as caught:
+        project.lock(demo)
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and repr(name) in message
+    assert re.search(REFUSED_NAMES[name], message), message
+    assert not demo.lock_path.exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_at_lock_time(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_bytes(CONFIG)
+    (folder / os.fsdecode(b"caf\xe9.json")).write_bytes(b"{}")
+    demo = make_project(tmp_path / "demo", {"odd": 'source = "../folder"\ntask = "embedding"'})
+    with pytest.raises(UnsafeFileError, match=r"caf\\udce9\.json.*not valid UTF-8"):
+        project.lock(demo)
+    assert not demo.lock_path.exists()
