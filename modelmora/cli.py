@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import click
 import typer
 
 from modelmora import __version__
@@ -544,18 +545,38 @@ def fail(error: BaseException) -> NoReturn:
 
 
 GLOBAL_FLAGS = ("-q", "--quiet", "--debug")
+GLOBAL_OPTIONS = ("-p", "--project")  # followed by a value: `-p DIR`, `-pDIR`, `--project=DIR`
 
 
 def _global_flags_first(args: list[str]) -> list[str]:
-    """Accept `--quiet` and `--debug` anywhere on the line (as uv does), not only first."""
+    """Accept the global options anywhere before `--` (as uv does), not only before the command."""
     end = args.index("--") if "--" in args else len(args)
-    flags = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
-    return flags + [arg for arg in args[:end] if arg not in GLOBAL_FLAGS] + args[end:]
+    tokens = iter(args[:end])
+    front: list[str] = []
+    rest: list[str] = []
+    for arg in tokens:
+        if arg in GLOBAL_OPTIONS:
+            value = next(tokens, None)
+            if value is None:
+                raise click.UsageError(f"Option '{arg}' requires an argument.")
+            front += [arg, value]
+        elif arg in GLOBAL_FLAGS or _is_global_with_value(arg):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest + args[end:]
+
+
+def _is_global_with_value(arg: str) -> bool:
+    return arg.startswith("--project=") or (arg.startswith("-p") and not arg.startswith("--"))
 
 
 def main() -> None:
     try:
         app(args=_global_flags_first(sys.argv[1:]), prog_name="modelmora")
+    except click.UsageError as error:
+        error.show()
+        raise SystemExit(error.exit_code) from None
     except ModelmoraError as error:
         if options.debug:
             raise

@@ -128,3 +128,62 @@ def test_install_without_a_lock(tmp_path: Path, flag: str) -> None:
     run("init", str(tmp_path), cwd=tmp_path)
     result = run("install", flag, cwd=tmp_path, check=1)
     assert "no modelmora.lock" in result.stderr and "modelmora lock" in result.stderr
+
+
+@pytest.fixture
+def installed_demo(fake_hub: FakeHub, tmp_path: Path) -> Path:
+    fake_hub.add_commit("acme/tiny", tiny_repo())
+    demo = tmp_path / "demo"
+    run("init", str(demo), cwd=tmp_path)
+    run("add", "hf://acme/tiny", "--task", "embedding", "--quiet", cwd=demo)
+    return demo
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--json", "--project", "{demo}"],
+        ["list", "--project", "{demo}", "--json"],
+        ["list", "--json", "--project={demo}"],
+        ["list", "--json", "-p", "{demo}"],
+        ["list", "--json", "-p{demo}"],
+        ["--project", "{demo}", "list", "--json"],
+        ["list", "-q", "--json", "-p", "{demo}", "--debug"],
+    ],
+)
+def test_global_options_are_accepted_after_the_command(
+    installed_demo: Path, tmp_path: Path, args: list[str]
+) -> None:
+    listed = run(*(a.format(demo=installed_demo) for a in args), cwd=tmp_path).stdout
+    assert [m["name"] for m in json.loads(listed)] == ["tiny"]
+
+
+def test_project_after_other_commands(installed_demo: Path, tmp_path: Path) -> None:
+    demo = str(installed_demo)
+    assert Path(run("path", "tiny", "--project", demo, cwd=tmp_path).stdout.strip()).is_dir()
+    assert "up to date" in run("lock", "--check", "-p", demo, cwd=tmp_path).stdout
+    assert run("install", "--frozen", "--project", demo, "--quiet", cwd=tmp_path).stdout == ""
+    (installed_demo / "modelmora.lock").unlink()
+    refused = run("serve", "--frozen", "--project", demo, cwd=tmp_path, check=1).stderr
+    assert f"no modelmora.lock in {demo}" in refused
+    missing = run("list", "--project", cwd=tmp_path, check=2).stderr
+    assert "requires an argument" in missing
+
+
+def test_global_options_after_double_dash_are_left_alone() -> None:
+    from modelmora.cli import _global_flags_first
+
+    args = ["run", "m", "--json", "-q", "-p", "D", "--", "-p", "x", "--quiet", "--project=y"]
+    assert _global_flags_first(args) == [
+        "-q",
+        "-p",
+        "D",
+        "run",
+        "m",
+        "--json",
+        "--",
+        "-p",
+        "x",
+        "--quiet",
+        "--project=y",
+    ]
