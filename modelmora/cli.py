@@ -399,7 +399,7 @@ def run(
             print()
             return
         reply = client.infer(name, text if len(text) > 1 else text[0], **opts)
-    emit_json(vars(reply) if as_json else reply.result)
+    emit_json(reply.model_dump(mode="json") if as_json else reply.result)
 
 
 @app.command()
@@ -416,7 +416,7 @@ def ps(
     with _client(url, api_key) as client:
         models = client.models()
     if as_json:
-        return emit_json([vars(model) for model in models])
+        return emit_json([model.model_dump(mode="json") for model in models])
     table = Table(box=None, pad_edge=False)
     for column in ("name", "task", "state", "memory", "pid", "device", "expires"):
         table.add_column(column)
@@ -448,13 +448,14 @@ def jobs(
     """List the project's async jobs (POST /jobs), read from its jobs file; no server needed."""
     import asyncio
 
+    from modelmora.serve.api.schemas import JobList
     from modelmora.serve.jobstore import JobPage
 
     path = _project().jobs_path
     found = asyncio.run(_list_jobs(path, model, state, page, limit)) if path.exists() else None
     listed = found or JobPage([], 0, page, limit)
     if as_json:
-        return emit_json({**vars(listed), "jobs": [vars(job) for job in listed.jobs]})
+        return emit_json(JobList.from_page(listed).model_dump(mode="json"))
     _print_jobs(listed)
 
 

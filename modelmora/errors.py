@@ -125,3 +125,22 @@ class JobNotCancellableError(ServeError):
 
     status = 409
     code = "job_not_cancellable"
+
+
+SERVE_ERRORS: tuple[type[ServeError], ...] = (
+    UnknownModelError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    UnavailableError,
+    DeadlineExceededError,
+    OverloadedError,
+    ClientDisconnectedError,
+    JobNotFoundError,
+    JobNotCancellableError,
+)
+
+
+def serve_error_class(code: str | None) -> type[ServeError]:
+    """The ServeError subclass whose `code` this is (a worker's reply, a server's response)."""
+    return next((cls for cls in SERVE_ERRORS if cls.code == code), ServeError)
+

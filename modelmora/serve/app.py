@@ -25,11 +25,11 @@ from modelmora.serve.api import inference, jobs, native, openai
 from modelmora.serve.api.http import (
     AppState,
     AuthMiddleware,
-    NativeError,
     handle_http_exception,
     handle_serve_error,
 )
 from modelmora.serve.api.openapi import document_routes, openapi_document
+from modelmora.serve.api.schemas import NativeError
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
 from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
 from modelmora.serve.jobstore import JobStore

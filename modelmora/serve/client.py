@@ -9,61 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from modelmora.errors import (
-    DeadlineExceededError,
-    InvalidInputError,
-    OverloadedError,
-    PayloadTooLargeError,
-    ServeError,
-    UnavailableError,
-    UnknownModelError,
-)
+from modelmora.errors import ServeError, serve_error_class
+from modelmora.serve.api.schemas import InferResponse
+from modelmora.serve.status import ModelStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-_ERRORS: dict[str, type[ServeError]] = {
-    cls.code: cls
-    for cls in (
-        UnknownModelError,
-        InvalidInputError,
-        PayloadTooLargeError,
-        UnavailableError,
-        DeadlineExceededError,
-        OverloadedError,
-    )
-}
-
-
-@dataclass(frozen=True)
-class RunningModel:
-    """One row of `modelmora ps`."""
-
-    name: str
-    task: str
-    state: str
-    device: str | None
-    memory_bytes: int | None
-    pid: int | None
-    last_used: float | None
-    expires_at: float | None
-    in_flight: int
-    error: str | None
-
-
-@dataclass(frozen=True)
-class InferenceReply:
-    """The answer of `POST /infer/{name}`."""
-
-    model: str
-    revision: str
-    result: Any
-    queue_ms: float
-    load_ms: float
-    inference_ms: float
 
 
 class Client:
@@ -85,27 +39,25 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def models(self) -> list[RunningModel]:
+    def models(self) -> list[ModelStatus]:
         """Every served model with its state, memory, pid and expiry (all pages)."""
-        rows: list[RunningModel] = []
+        rows: list[ModelStatus] = []
         page = 1
         while True:
             body = self._call("GET", "/models", params={"page": page, "limit": 1000})
-            rows += [_running_model(item) for item in body["models"]]
+            rows += [ModelStatus.model_validate(item) for item in body["models"]]
             if len(rows) >= body["total"] or not body["models"]:
                 return rows
             page += 1
 
-    def model(self, name: str) -> RunningModel:
-        """One model's row."""
-        return _running_model(self._call("GET", f"/models/{name}"))
+    def model(self, name: str) -> ModelStatus:
+        """One model's status."""
+        return ModelStatus.model_validate(self._call("GET", f"/models/{name}"))
 
-    def infer(self, name: str, inputs: Any, **options: Any) -> InferenceReply:
+    def infer(self, name: str, inputs: Any, **options: Any) -> InferResponse:
         """One inference: `inputs` is a text or list of texts; options are the task's fields."""
         body = self._call("POST", f"/infer/{name}", json={"inputs": inputs, **options})
-        return InferenceReply(
-            model=body["model"], revision=body["revision"], result=body["result"], **body["timing"]
-        )
+        return InferResponse.model_validate(body)
 
     def stream_text(self, name: str, prompt: str, **options: Any) -> Iterator[str]:
         """Generated text as it comes (text-generation models), through /v1/completions."""
@@ -149,7 +101,7 @@ def _sse_text(line: str) -> str:
     event = json.loads(line.removeprefix("data: "))
     if "error" in event:
         error = event["error"]
-        raise _ERRORS.get(error.get("code"), ServeError)(error.get("message", "stream failed"))
+        raise serve_error_class(error.get("code"))(error.get("message", "stream failed"))
     choices = event.get("choices") or [{}]
     text: str = choices[0].get("text") or ""
     return text
@@ -165,10 +117,5 @@ def _error(response: httpx.Response) -> ServeError:
     if response.status_code == 401:
         return ServeError(message, hint="pass the server's API key (--api-key)")
     retry_after = response.headers.get("retry-after")
-    cls = _ERRORS.get(code, ServeError)
+    cls = serve_error_class(code)
     return cls(message, retry_after=float(retry_after) if retry_after else None)
-
-
-def _running_model(item: Mapping[str, Any]) -> RunningModel:
-    values: dict[str, Any] = {key: item.get(key) for key in RunningModel.__dataclass_fields__}
-    return RunningModel(**values)

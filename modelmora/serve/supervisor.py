@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -37,17 +38,17 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from modelmora.errors import DeadlineExceededError, ServeError, UnavailableError, UnknownModelError
 from modelmora.runtimes import ModelSpec
 from modelmora.serve.config import BatchSettings, SupervisorSettings
 from modelmora.serve.launcher import Call, Launcher, Worker
+from modelmora.serve.status import Batching, ModelState, ModelStatus
 from modelmora.serve.worker import EXIT_LOAD_FAILED, Message
 
 logger = logging.getLogger("modelmora.serve.supervisor")
 
-ModelState = Literal["unloaded", "loading", "ready", "failed"]
 Listener = Callable[[str, str, float], None]
 T = TypeVar("T")
 
@@ -76,29 +77,6 @@ class ServedModel:
     options: Mapping[str, Any] = field(default_factory=dict)
     batching: BatchSettings = field(default_factory=BatchSettings)
     """How the server's scheduler queues and batches this model's requests."""
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    name: str
-    task: str
-    source: str
-    revision: str
-    state: ModelState
-    pid: int | None
-    device: str | None
-    memory_bytes: int | None
-    loaded_at: float | None
-    last_used: float | None
-    expires_at: float | None
-    in_flight: int
-    requests_total: int
-    requests_failed: int
-    loads: int
-    unloads: int
-    crashes: int
-    last_load_ms: float | None
-    error: str | None
 
 
 @dataclass(frozen=True)
@@ -240,6 +218,7 @@ class Supervisor:
             crashes=slot.crashes,
             last_load_ms=slot.last_load_ms,
             error=slot.error,
+            batching=Batching.model_validate(dataclasses.asdict(slot.model.batching)),
         )
 
     def statuses(self) -> list[ModelStatus]:

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelmora.errors import InvalidInputError, PayloadTooLargeError, ServeError
+from modelmora.serve.api.schemas import FieldError
 from modelmora.serve.config import ServerSettings
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import Supervisor
@@ -41,13 +42,6 @@ class AppState:
 def app_state(request: Request) -> AppState:
     """The supervisor, scheduler and settings of the app serving `request`."""
     return cast(AppState, request.app.state.modelmora)
-
-
-class FieldError(BaseModel):
-    """One invalid field: its dotted path and what is wrong with it."""
-
-    field: str
-    message: str
 
 
 class RequestValidationError(InvalidInputError):
@@ -139,31 +133,6 @@ class PydanticResponse(Response):
 
 
 # Error shapes: one for the native API, OpenAI's own for /v1/*.
-
-
-class NativeErrorBody(BaseModel):
-    code: str
-    message: str
-    detail: Any = None
-
-
-class NativeError(BaseModel):
-    """The native API's error: `{"error": {"code", "message", "detail"}}`."""
-
-    error: NativeErrorBody
-
-
-class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIError(BaseModel):
-    """OpenAI's error: `{"error": {"message", "type", "param", "code"}}`."""
-
-    error: OpenAIErrorBody
 
 
 def is_openai_path(path: str) -> bool:

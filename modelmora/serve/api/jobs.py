@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,87 +31,34 @@ from modelmora.errors import OverloadedError, ServeError, UnavailableError, Unkn
 from modelmora.serve.api import inference
 from modelmora.serve.api.http import (
     AppState,
-    FieldError,
     PydanticResponse,
     RequestValidationError,
     app_state,
     read_json,
     read_query,
 )
-from modelmora.serve.api.native import InferOptions, Priority, request_schema
 from modelmora.serve.api.openapi import Endpoint
-from modelmora.serve.jobstore import Job, JobPage, JobState, JobStore
+from modelmora.serve.api.schemas import (
+    FieldError,
+    InferOptions,
+    JobInfo,
+    JobInput,
+    JobList,
+    JobRequest,
+    JobsQuery,
+    request_schema,
+)
+from modelmora.serve.jobstore import Job, JobStore
 
 logger = logging.getLogger("modelmora.serve.jobstore")
 
 MAX_PURGE_INTERVAL = 600.0
 CLOSE_TIMEOUT = 5.0
 
-JobInput = str | list[str] | dict[str, Any]
 RunJob = Callable[[Job], Awaitable[Any]]
 
 
 # --- schemas ------------------------------------------------------------------------------------
-
-
-class JobRequest(BaseModel):
-    """`POST /jobs`: `input` is what `POST /infer/{model}` takes (a text or list: its `inputs`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    input: JobInput
-    priority: Priority | None = None
-    timeout: float | None = Field(
-        None, gt=0, le=86400, description="seconds the job may take once started"
-    )
-
-
-class JobInfo(BaseModel):
-    """A job: its state, timings and, once done, its result or error."""
-
-    id: str
-    model: str
-    state: JobState
-    priority: int
-    timeout: float | None
-    input: Any
-    created_at: float = Field(description="unix time")
-    started_at: float | None = Field(description="unix time")
-    finished_at: float | None = Field(description="unix time")
-    queue_ms: float | None = Field(description="from creation to start")
-    run_ms: float | None = Field(description="from start to finish")
-    attempts: int = Field(description="more than 1 when a restart ran it again")
-    result: Any = Field(description="what `/infer/{model}` returns as `result`")
-    error: dict[str, Any] | None = Field(description="{code, message} of a failed job")
-
-    @classmethod
-    def from_job(cls, job: Job) -> JobInfo:
-        fields = {name: getattr(job, name) for name in cls.model_fields}
-        return cls.model_validate(fields)
-
-
-class JobList(BaseModel):
-    """One page of jobs, newest first."""
-
-    jobs: list[JobInfo]
-    page: int
-    limit: int
-    total: int
-
-    @classmethod
-    def from_page(cls, page: JobPage) -> JobList:
-        jobs = [JobInfo.from_job(job) for job in page.jobs]
-        return cls(jobs=jobs, page=page.page, limit=page.limit, total=page.total)
-
-
-class JobsQuery(BaseModel):
-    """Query of `GET /jobs`: a page, filtered by model and state."""
-
-    model: str | None = None
-    state: JobState | None = None
-    page: int = Field(1, ge=1)
-    limit: int = Field(50, ge=1, le=1000)
 
 
 # --- the runner ---------------------------------------------------------------------------------

@@ -8,214 +8,49 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from modelmora.errors import InvalidInputError, ServeError
 from modelmora.serve.api import inference
 from modelmora.serve.api.http import (
-    FieldError,
-    OpenAIError,
     PydanticResponse,
     RequestValidationError,
     app_state,
     error_response,
     read_json,
 )
-from modelmora.serve.api.native import Duration, Priority, record_timing
+from modelmora.serve.api.native import record_timing
 from modelmora.serve.api.openapi import Endpoint, Handler
+from modelmora.serve.api.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Delta,
+    Embedding,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    FieldError,
+    ModelCard,
+    ModelCards,
+    OpenAIError,
+    OpenAIRequest,
+    SamplingRequest,
+    Usage,
+)
 from modelmora.serve.supervisor import ServedModel
 
 Chunk = dict[str, Any]
-
-
-class OpenAIRequest(BaseModel):
-    """Fields every /v1 request has; unknown fields are ignored, as OpenAI's clients send many."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    keep_alive: Duration | None = Field(None, description="ModelMora extension (Ollama semantics)")
-    priority: Priority | None = Field(None, description="ModelMora extension; or X-Priority")
-    user: str | None = None
-
-    def admission(self, request: Request, arrival: float) -> inference.Admission:
-        return inference.admission(request, arrival, self.priority, None)
-
-
-class EmbeddingsRequest(OpenAIRequest):
-    """`POST /v1/embeddings`; token-id inputs are not supported."""
-
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int = 0
-    total_tokens: int
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: Usage
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class SamplingRequest(OpenAIRequest):
-    """Sampling fields shared by completions and chat completions."""
-
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: Literal[1] = Field(1, description="only one choice per request")
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-    def sampling(self) -> dict[str, Any]:
-        """The runtime's sampling options; unset ones keep the runtime's defaults."""
-        options = {
-            "max_new_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
-            "seed": self.seed,
-        }
-        return {key: value for key, value in options.items() if value is not None}
-
-    def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
-
-
-class CompletionRequest(SamplingRequest):
-    """`POST /v1/completions`: one prompt (a list of one is accepted)."""
-
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-
-    def runtime_request(self) -> dict[str, Any]:
-        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-        return {"prompt": prompt, **self.sampling()}
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatCompletionMessage(BaseModel):
-    """A chat turn; content parts other than text are not supported."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-class ChatCompletionRequest(SamplingRequest):
-    """`POST /v1/chat/completions`."""
-
-    messages: list[ChatCompletionMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-
-    def runtime_request(self) -> dict[str, Any]:
-        messages = [{"role": m.role, "content": m.text()} for m in self.messages]
-        sampling = self.sampling()
-        if self.max_completion_tokens is not None:
-            sampling["max_new_tokens"] = self.max_completion_tokens
-        return {"messages": messages, **sampling}
-
-
-class CompletionChoice(BaseModel):
-    index: int = 0
-    text: str
-    logprobs: None = None
-    finish_reason: str | None
-
-
-class Completion(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: AssistantMessage
-    logprobs: None = None
-    finish_reason: str
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChunkChoice(BaseModel):
-    index: int = 0
-    delta: Delta
-    logprobs: None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "modelmora"
-
-
-class ModelCards(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
 
 
 _STARTED = int(time.time())
@@ -237,7 +72,7 @@ async def create_embeddings(request: Request) -> Response:
         app_state(request),
         body.model,
         {"inputs": texts, "normalize": True},
-        body.admission(request, arrival),
+        _admission(request, body, arrival),
         body.keep_alive,
     )
     record_timing(request, outcome)
@@ -303,7 +138,7 @@ async def _generate(
 ) -> Chunk:
     """Run a text-generation model to the end, in its turn (generation is not batched)."""
     _served(request, body.model, "text-generation")
-    queueing = body.admission(request, arrival)
+    queueing = _admission(request, body, arrival)
     outcome = await inference.infer(
         app_state(request), body.model, runtime, queueing, body.keep_alive
     )
@@ -335,7 +170,7 @@ async def _stream(
     exits = AsyncExitStack()
     try:
         chunks = await inference.open_stream(
-            app_state(request), body.model, runtime, body.admission(request, arrival), exits,
+            app_state(request), body.model, runtime, _admission(request, body, arrival), exits,
             body.keep_alive,
         )  # fmt: skip
         first = await anext(chunks, {"text": "", "finish_reason": "stop"})
@@ -409,6 +244,11 @@ def _served(request: Request, name: str, task: str) -> ServedModel:
     if served.task != task:
         raise _invalid(f"{name!r} is a {served.task} model; this route needs {task}", "model")
     return served
+
+
+def _admission(request: Request, body: OpenAIRequest, arrival: float) -> inference.Admission:
+    """How a /v1 request waits in its model's queue: its priority, the server's deadline."""
+    return inference.admission(request, arrival, body.priority, None)
 
 
 def _invalid(message: str, param: str) -> InvalidInputError:
