@@ -56,6 +56,7 @@ class ByteSource(Protocol):
 
 
 OnBytes = Callable[[int], None]
+OnProgress = Callable[[int], None]  # called with how many bytes of the file are on disk so far
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,9 @@ class Cache:
 
     # --- adding blobs ---------------------------------------------------------------------------
 
-    def fetch(self, file: LockedFile, source: ByteSource, on_bytes: OnBytes | None = None) -> Path:
+    def fetch(
+        self, file: LockedFile, source: ByteSource, on_progress: OnProgress | None = None
+    ) -> Path:
         """Make sure the blob for `file` exists, downloading it from `source` if it does not.
 
         One process downloads a blob at a time (a file lock); the others wait and find it there.
@@ -160,25 +163,27 @@ class Cache:
             if self.has_blob(file):
                 return blob
             partial = self.tmp / f"{file.sha256}.incomplete"
-            self._download(file, source, partial, on_bytes or (lambda _: None))
+            self._download(file, source, partial, on_progress or (lambda _: None))
             self._publish(partial, blob)
         return blob
 
     def _download(
-        self, file: LockedFile, source: ByteSource, partial: Path, on_bytes: OnBytes
+        self, file: LockedFile, source: ByteSource, partial: Path, on_progress: OnProgress
     ) -> None:
         digest, offset = _rehash_prefix(partial, file.size)
+        on_progress(offset)
+        if offset == file.size and offset:  # complete already: a Range request would get 416
+            return _check_digest(partial, file, digest.hexdigest())
         with source(offset) as (start, chunks), partial.open("r+b" if start else "wb") as out:
             if start != offset:  # the source ignored our Range request: start over
                 digest, offset = hashlib.sha256(), 0
             out.seek(offset)
             out.truncate()
-            if offset:
-                on_bytes(offset)
             for chunk in chunks:
                 out.write(chunk)
                 digest.update(chunk)
-                on_bytes(len(chunk))
+                offset += len(chunk)
+                on_progress(offset)
             out.flush()
             os.fsync(out.fileno())
         _check_digest(partial, file, digest.hexdigest())

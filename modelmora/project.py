@@ -7,7 +7,7 @@ the server and tests drive the same code.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,9 +328,9 @@ def _download_all(
 ) -> None:
     def fetch(item: tuple[LockedModel, LockedFile]) -> None:
         model, file = item
-        source = sources.byte_source(model, file, project.root, offline)
         progress.start(file.sha256, f"{model.name}/{file.path}", file.size)
-        cache.fetch(file, source, lambda count: progress.advance(file.sha256, count))
+        on_progress = _advancer(progress, file.sha256)
+        sources.download(cache, model, file, project.root, offline, on_progress)
         progress.finish(file.sha256)
 
     # Largest first, so the long downloads start early and the connections stay busy.
@@ -338,6 +338,19 @@ def _download_all(
     with ThreadPoolExecutor(max_workers=MAX_CONNECTIONS) as pool:
         for future in [pool.submit(fetch, item) for item in ordered]:
             future.result()
+
+
+def _advancer(progress: Progress, key: str) -> Callable[[int], None]:
+    """Turn "bytes on disk" into advances; a retry that re-reads its partial file adds nothing."""
+    counted = 0
+
+    def advance(done: int) -> None:
+        nonlocal counted
+        if done > counted:
+            progress.advance(key, done - counted)
+            counted = done
+
+    return advance
 
 
 def _remove_stale_links(project: Project, keep: set[str]) -> tuple[str, ...]:
@@ -496,7 +509,7 @@ def _repair(
     project, model, file = where
     old_inode = cache.discard_blob(sha256)
     try:
-        cache.fetch(file, sources.byte_source(model, file, project.root, offline))
+        sources.download(cache, model, file, project.root, offline)
     except ModelmoraError:
         return False
     cache.relink(sha256, old_inode)

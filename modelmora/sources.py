@@ -12,13 +12,15 @@ import fnmatch
 import importlib.util
 import json
 import os
-from collections.abc import Iterator, Sequence
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from modelmora.cache import ByteSource, Cache, check_relative, tree_digest
+from modelmora.cache import ByteSource, Cache, OnProgress, check_relative, tree_digest
 from modelmora.errors import NotFoundError, OfflineError, SourceError, UnsafeFileError
 from modelmora.files import CHUNK, sha256_file
 from modelmora.lockfile import LockedFile, LockedModel
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 TIMEOUT = 30.0
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+DOWNLOAD_ATTEMPTS = 5
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 8.0
+RETRY_AFTER_CAP_S = 60.0
+NETWORK_HINT = "check your connection and HF_ENDPOINT, or use --offline to work from the cache"
 _TRUE = {"1", "true", "yes", "on"}
 _PIPELINE_TASKS = {
     "feature-extraction": "embedding",
@@ -36,6 +44,16 @@ _PIPELINE_TASKS = {
     "text2text-generation": "text-generation",
     "text-classification": "text-classification",
 }
+
+
+class TransientError(SourceError):
+    """A failure that may pass if tried again: a dropped connection, a timeout, HTTP 429 or 5xx."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -257,6 +275,39 @@ def guess_folder_task(folder: Path) -> str | None:
 # --- fetch --------------------------------------------------------------------------------------
 
 
+def download(
+    cache: Cache,
+    model: LockedModel,
+    file: LockedFile,
+    root: Path,
+    offline: bool = False,
+    on_progress: OnProgress | None = None,
+) -> Path:
+    """Put a locked file's blob in the cache, retrying transient failures from the partial file."""
+    source = byte_source(model, file, root, offline)
+    attempt = 1
+    while True:
+        try:
+            return cache.fetch(file, source, on_progress)
+        except TransientError as error:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise TransientError(
+                    f"{error.message} (gave up after {attempt} attempts)", error.hint
+                ) from None
+            time.sleep(retry_delay(attempt, error.retry_after))
+            attempt += 1
+
+
+def retry_delay(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait after failed attempt number `attempt`: the server's Retry-After (up to a
+    minute), else exponential backoff capped at RETRY_CAP_S, jittered so that parallel downloads
+    do not all retry at the same instant."""
+    if retry_after is not None:
+        return min(retry_after, RETRY_AFTER_CAP_S)
+    backoff: float = RETRY_BASE_S * 2.0 ** (attempt - 1)
+    return min(backoff, RETRY_CAP_S) * random.uniform(0.5, 1.0)
+
+
 def byte_source(
     model: LockedModel, file: LockedFile, root: Path, offline: bool = False
 ) -> ByteSource:
@@ -324,7 +375,7 @@ def _open_url(
             "GET", url, headers=request_headers, follow_redirects=True, timeout=TIMEOUT
         )
         with stream_context as response:
-            _raise_for_status(response.status_code, label)
+            _raise_for_status(response.status_code, response.headers, label)
             start = offset if response.status_code == 206 else 0
             yield start, _guarded(response.iter_bytes(CHUNK), label)
 
@@ -334,9 +385,15 @@ def _guarded(chunks: Iterator[bytes], label: str) -> Iterator[bytes]:
         yield from chunks
 
 
-def _raise_for_status(status: int, label: str) -> None:
+def _raise_for_status(status: int, headers: Mapping[str, str], label: str) -> None:
     if status in (200, 206):
         return
+    if status in RETRY_STATUSES:
+        raise TransientError(
+            f"{label}: the server answered HTTP {status}",
+            "try again later",
+            retry_after=_retry_after(headers.get("retry-after")),
+        )
     if status == 404:
         raise NotFoundError(f"{label}: not found (HTTP 404)", "check the source and revision")
     if status in (401, 403):
@@ -346,17 +403,27 @@ def _raise_for_status(status: int, label: str) -> None:
     raise SourceError(f"{label}: the server answered HTTP {status}", "try again later")
 
 
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
 @contextlib.contextmanager
 def _network_errors(label: str) -> Iterator[None]:
     from huggingface_hub.utils import httpx  # type: ignore[attr-defined]
 
     try:
         yield
+    except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as error:
+        raise TransientError(_network_message(label, error), NETWORK_HINT) from None
     except httpx.HTTPError as error:
-        raise SourceError(
-            f"{label}: network error: {error or type(error).__name__}",
-            "check your connection and HF_ENDPOINT, or use --offline to work from the cache",
-        ) from None
+        raise SourceError(_network_message(label, error), NETWORK_HINT) from None
+
+
+def _network_message(label: str, error: Exception) -> str:
+    return f"{label}: network error: {error or type(error).__name__}"
 
 
 @contextlib.contextmanager

@@ -41,6 +41,15 @@ Wire facts this fake honours, read from huggingface_hub 2.4:
 - Nothing checks downloaded bytes against the sha256; only their count is checked.
 
 `requests` logs `(method, path with query, headers)` with lower-case header names.
+
+Faults, each keyed by `(repo_id, path)` and applied to `GET /resolve` only (HEAD is never affected):
+- `fail_after[key] = N`: the next GET sends N body bytes, then a clean FIN (`RemoteProtocolError`);
+- `reset_after[key] = N`: the next GET sends N body bytes, then resets the connection (RST: the
+  client gets `ReadError`, and may lose bytes that were in flight);
+- `fail_status[key] = [500, 503]`: the next GETs answer these statuses, one each, then the file;
+- `gates[key] = threading.Event()`: the next GET waits until the event is set before answering;
+- `slow[key] = bytes_per_s`: every GET of that file trickles at that rate (`throttle_bytes_per_s`
+  does the same for every file).
 """
 
 from __future__ import annotations
@@ -134,6 +143,8 @@ class Reply:
     headers: Mapping[str, str]
     body: bytes = b""
     fail_after: int | None = None
+    reset_after: int | None = None
+    bytes_per_s: float | None = None
 
 
 class FakeHub:
@@ -145,6 +156,10 @@ class FakeHub:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.corrupt: dict[tuple[str, str], bytes] = {}
         self.fail_after: dict[tuple[str, str], int] = {}
+        self.reset_after: dict[tuple[str, str], int] = {}
+        self.fail_status: dict[tuple[str, str], list[int]] = {}
+        self.gates: dict[tuple[str, str], threading.Event] = {}
+        self.slow: dict[tuple[str, str], float] = {}
         self.throttle_bytes_per_s: float | None = None
         # Extra fields merged into a repo's model_info answer, e.g. {"gated": "auto"}.
         self.model_metadata: dict[str, dict[str, Any]] = {}
@@ -224,6 +239,21 @@ class FakeHub:
     def take_fail_after(self, key: tuple[str, str]) -> int | None:
         with self._lock:
             return self.fail_after.pop(key, None)
+
+    def take_reset_after(self, key: tuple[str, str]) -> int | None:
+        with self._lock:
+            return self.reset_after.pop(key, None)
+
+    def take_fail_status(self, key: tuple[str, str]) -> int | None:
+        with self._lock:
+            statuses = self.fail_status.get(key)
+            return statuses.pop(0) if statuses else None
+
+    def wait_at_gate(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            gate = self.gates.pop(key, None)
+        if gate is not None:
+            gate.wait(timeout=120)  # a bound, so a test that forgets to open it cannot hang stop()
 
     def repo(self, repo_id: str) -> Repo:
         """A copy of the repo's state, safe to read while tests add commits."""
@@ -553,9 +583,23 @@ def route_resolve(
     if hub.redirect_lfs and blob is not None and blob.is_lfs and query.get("cdn") != "1":
         return cdn_redirect(hub, repo_id, commit, path)
     reply = resolve(hub, repo_id, commit, path, range_header)
-    if method != "GET":
-        return reply
-    return Reply(reply.status, reply.headers, reply.body, hub.take_fail_after((repo_id, path)))
+    return reply if method != "GET" else faulty(hub, (repo_id, path), reply)
+
+
+def faulty(hub: FakeHub, key: tuple[str, str], reply: Reply) -> Reply:
+    """`reply` with the faults the test armed for this file."""
+    hub.wait_at_gate(key)
+    status = hub.take_fail_status(key)
+    if status is not None:
+        raise HubError(status, None, f"Injected failure: HTTP {status}")
+    return Reply(
+        reply.status,
+        reply.headers,
+        reply.body,
+        fail_after=hub.take_fail_after(key),
+        reset_after=hub.take_reset_after(key),
+        bytes_per_s=hub.slow.get(key),
+    )
 
 
 def is_true(value: str | None) -> bool:
@@ -603,22 +647,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(reply.body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.write_body(reply.body, reply.fail_after)
+            self.write_body(reply)
 
-    def write_body(self, body: bytes, fail_after: int | None) -> None:
-        rate = self.server.hub.throttle_bytes_per_s
+    def write_body(self, reply: Reply) -> None:
+        body = reply.body
+        rate = reply.bytes_per_s or self.server.hub.throttle_bytes_per_s
         chunk = max(1024, int(rate / 20)) if rate else CHUNK_SIZE
-        end = len(body) if fail_after is None else min(fail_after, len(body))
+        cuts = [n for n in (reply.fail_after, reply.reset_after) if n is not None]
+        end = min([len(body), *cuts])
         for start in range(0, end, chunk):
             piece = body[start : min(start + chunk, end)]
             self.wfile.write(piece)
             if rate:
                 time.sleep(len(piece) / rate)
-        if end < len(body):
+        if reply.reset_after is not None and end < len(body):
+            self.reset_connection()
+        elif end < len(body):
             self.close_connection = True
             self.connection.shutdown(
                 socket.SHUT_WR
             )  # a clean FIN mid-body, as a killed server sends
+
+    def reset_connection(self) -> None:
+        """Close with SO_LINGER 0: the kernel sends RST, as a crashed proxy or NAT does."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # the socket closes only once its file objects are closed
+        self.wfile.close()
+        self.connection.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -342,3 +343,58 @@ def test_stop_closes_idle_keep_alive_connections() -> None:
         with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
             fetch(conn, f"/{REPO}/resolve/main/README.md")
     hub.stop()  # a second stop is harmless
+
+
+def test_fail_status_answers_the_statuses_then_the_file(fake_hub: FakeHub, commit: str) -> None:
+    url = f"/{REPO}/resolve/{commit}/model.safetensors"
+    fake_hub.fail_status[(REPO, "model.safetensors")] = [503, 429]
+    with connection(fake_hub) as conn:
+        assert [fetch(conn, url)[0] for _ in range(3)] == [503, 429, 200]
+        assert fetch(conn, url)[2] == WEIGHTS
+
+
+def test_reset_after_resets_the_connection_once(fake_hub: FakeHub, commit: str) -> None:
+    url = f"/{REPO}/resolve/{commit}/model.safetensors"
+    fake_hub.reset_after[(REPO, "model.safetensors")] = 1000
+    with connection(fake_hub) as conn, pytest.raises(ConnectionResetError):
+        conn.request("GET", url)
+        response = conn.getresponse()
+        while response.read(100):
+            pass
+    with connection(fake_hub) as conn:
+        assert fetch(conn, url)[2] == WEIGHTS
+
+
+def test_a_gate_holds_the_next_get_until_it_opens(fake_hub: FakeHub, commit: str) -> None:
+    gate = fake_hub.gates[(REPO, "README.md")] = threading.Event()
+    answers: list[bytes] = []
+
+    def get() -> None:
+        with connection(fake_hub) as conn:
+            answers.append(fetch(conn, f"/{REPO}/resolve/{commit}/README.md")[2])
+
+    getter = threading.Thread(target=get)
+    getter.start()
+    wait_until(lambda: fake_hub.paths("GET") != [])
+    assert answers == [] and getter.is_alive()
+    gate.set()
+    getter.join(timeout=60)
+    assert answers == [FILES["README.md"]] and fake_hub.gates == {}
+
+
+def test_slow_trickles_one_file_only(fake_hub: FakeHub, commit: str) -> None:
+    fake_hub.slow[(REPO, "model.safetensors")] = 1024
+    with connection(fake_hub) as conn:
+        conn.request("GET", f"/{REPO}/resolve/{commit}/model.safetensors")
+        response = conn.getresponse()
+        assert response.read(1024) == WEIGHTS[:1024]
+        conn.close()
+    with connection(fake_hub) as conn:
+        assert fetch(conn, f"/{REPO}/resolve/{commit}/README.md")[2] == FILES["README.md"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)

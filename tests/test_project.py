@@ -8,12 +8,13 @@ import random
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from fakehub import FakeHub
 
-from modelmora import project
+from modelmora import project, sources
 from modelmora.cache import Cache
 from modelmora.errors import (
     IntegrityError,
@@ -140,26 +141,104 @@ def test_install_frozen_without_a_lock(tmp_path: Path) -> None:
         project.install(demo, mode="frozen")
 
 
-def test_a_killed_download_resumes_with_a_range_request(fake_hub: FakeHub, tmp_path: Path) -> None:
-    fake_hub.add_commit(REPO, tiny_repo(size=2_000_000))
-    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
-    project.lock(demo)
-    fake_hub.fail_after[(REPO, "model.safetensors")] = 1_200_000
-    with pytest.raises(SourceError, match="network error"):
-        project.install(demo)
-    partial = list(Cache().tmp.glob("*.incomplete"))
-    assert len(partial) == 1 and partial[0].stat().st_size > 0
-
-    project.install(demo)
-    ranges = [
-        h.get("Range") or h.get("range")
-        for m, p, h in fake_hub.requests
-        if p.endswith(".safetensors")
+def safetensors_gets(hub: FakeHub) -> list[str | None]:
+    """The Range header of every GET of model.safetensors (None: from the start)."""
+    return [
+        headers.get("range")
+        for method, path, headers in hub.requests
+        if method == "GET" and path.endswith("/model.safetensors")
     ]
-    assert ranges[-1] is not None and ranges[-1].startswith("bytes=") and ranges[-1] != "bytes=0-"
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "RETRY_BASE_S", 0.01)
+
+
+def locked_demo(hub: FakeHub, root: Path, size: int = 2_000_000) -> Project:
+    hub.add_commit(REPO, tiny_repo(size=size))
+    demo = make_project(root, {"tiny": hub_model()})
+    project.lock(demo)
+    return demo
+
+
+def assert_installed(demo: Project, size: int = 2_000_000) -> None:
     snapshot = project.model_path(demo, "tiny")
-    assert (snapshot / "model.safetensors").read_bytes() == weights(0, 2_000_000)
-    assert list(Cache().tmp.glob("*.incomplete")) == []
+    assert (snapshot / "model.safetensors").read_bytes() == weights(0, size)
+    assert list(Cache().tmp.iterdir()) == []
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_cut_download_is_retried_from_its_partial_file(fake_hub: FakeHub, tmp_path: Path) -> None:
+    demo = locked_demo(fake_hub, tmp_path / "demo")
+    fake_hub.fail_after[(REPO, "model.safetensors")] = 1_200_000
+    project.install(demo)
+    first, again = safetensors_gets(fake_hub)
+    assert first is None and again is not None
+    assert again.startswith("bytes=") and again != "bytes=0-"
+    assert_installed(demo)
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_reset_connection_is_retried(fake_hub: FakeHub, tmp_path: Path) -> None:
+    demo = locked_demo(fake_hub, tmp_path / "demo")
+    fake_hub.reset_after[(REPO, "model.safetensors")] = 500_000
+    project.install(demo)
+    assert len(safetensors_gets(fake_hub)) == 2
+    assert_installed(demo)
+
+
+@pytest.mark.usefixtures("quick_retries")
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+def test_http_429_and_5xx_are_retried(fake_hub: FakeHub, tmp_path: Path, status: int) -> None:
+    demo = locked_demo(fake_hub, tmp_path / "demo")
+    fake_hub.fail_status[(REPO, "model.safetensors")] = [status, status]
+    project.install(demo)
+    assert len(safetensors_gets(fake_hub)) == 3
+    assert_installed(demo)
+
+
+@pytest.mark.usefixtures("quick_retries")
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 416])
+def test_other_4xx_are_not_retried(fake_hub: FakeHub, tmp_path: Path, status: int) -> None:
+    demo = locked_demo(fake_hub, tmp_path / "demo")
+    fake_hub.fail_status[(REPO, "model.safetensors")] = [status]
+    with pytest.raises(SourceError, match=rf"model\.safetensors: .*HTTP {status}\)?; "):
+        project.install(demo)
+    assert len(safetensors_gets(fake_hub)) == 1
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_retries_give_up_after_a_few_attempts(fake_hub: FakeHub, tmp_path: Path) -> None:
+    demo = locked_demo(fake_hub, tmp_path / "demo")
+    fake_hub.fail_status[(REPO, "model.safetensors")] = [503] * 10
+    with pytest.raises(SourceError, match=r"HTTP 503 \(gave up after 5 attempts\); try again"):
+        project.install(demo)
+    assert len(safetensors_gets(fake_hub)) == sources.DOWNLOAD_ATTEMPTS == 5
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_timeout_is_retried(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = locked_demo(fake_hub, tmp_path / "demo")
+    monkeypatch.setattr(sources, "TIMEOUT", 2.0)
+    gate = fake_hub.gates[(REPO, "model.safetensors")] = threading.Event()
+    try:
+        project.install(demo)
+    finally:
+        gate.set()
+    assert len(safetensors_gets(fake_hub)) >= 2
+    assert_installed(demo)
+
+
+def test_retry_delay_backs_off_exponentially_up_to_a_cap() -> None:
+    delays = [sources.retry_delay(attempt) for attempt in range(1, 10)]
+    assert 0.25 <= delays[0] <= 0.5 and 0.5 <= delays[1] <= 1.0
+    assert all(delay <= sources.RETRY_CAP_S for delay in delays)
+    assert delays[-1] >= sources.RETRY_CAP_S / 2
+    assert sources.retry_delay(1, retry_after=3.0) == 3.0
+    assert sources.retry_delay(1, retry_after=3600.0) == sources.RETRY_AFTER_CAP_S
 
 
 def test_two_concurrent_installs_share_one_cache(fake_hub: FakeHub, tmp_path: Path) -> None:
