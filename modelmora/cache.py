@@ -23,18 +23,20 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from modelmora.errors import CacheError, IntegrityError, UnsafeFileError
 from modelmora.files import CHUNK, link_or_copy, replace_symlink, sha256_file, write_atomic
 from modelmora.lockfile import LockedFile, LockedModel
 
+LOCK_POLL_S = 0.1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # an undecodable byte in a local file name
@@ -57,6 +59,13 @@ class ByteSource(Protocol):
 
 OnBytes = Callable[[int], None]
 OnProgress = Callable[[int], None]  # called with how many bytes of the file are on disk so far
+
+
+class DownloadStopped(Exception):
+    """A download gave up because its stop event was set (another one failed, or Ctrl-C).
+
+    Not an error to report: its partial file stays in `tmp/` for the next install to resume.
+    """
 
 
 @dataclass(frozen=True)
@@ -149,31 +158,43 @@ class Cache:
     # --- adding blobs ---------------------------------------------------------------------------
 
     def fetch(
-        self, file: LockedFile, source: ByteSource, on_progress: OnProgress | None = None
+        self,
+        file: LockedFile,
+        source: ByteSource,
+        on_progress: OnProgress | None = None,
+        stop: threading.Event | None = None,
     ) -> Path:
         """Make sure the blob for `file` exists, downloading it from `source` if it does not.
 
         One process downloads a blob at a time (a file lock); the others wait and find it there.
         A partial download left by a killed process is re-hashed and resumed from where it ended.
+        Setting `stop` makes the download raise DownloadStopped at its next chunk, keeping the
+        partial file.
         """
         blob = self.blob_path(file.sha256)
         if self.has_blob(file):
             return blob
-        with self.lock(file.sha256):
+        with _holding(self.lock(file.sha256), stop):
             if self.has_blob(file):
                 return blob
             partial = self.tmp / f"{file.sha256}.incomplete"
-            self._download(file, source, partial, on_progress or (lambda _: None))
+            self._download(file, source, partial, on_progress or (lambda _: None), stop)
             self._publish(partial, blob)
         return blob
 
     def _download(
-        self, file: LockedFile, source: ByteSource, partial: Path, on_progress: OnProgress
+        self,
+        file: LockedFile,
+        source: ByteSource,
+        partial: Path,
+        on_progress: OnProgress,
+        stop: threading.Event | None,
     ) -> None:
         digest, offset = _rehash_prefix(partial, file.size)
         on_progress(offset)
         if offset == file.size and offset:  # complete already: a Range request would get 416
             return _check_digest(partial, file, digest.hexdigest())
+        _check_stop(stop)
         with source(offset) as (start, chunks), partial.open("r+b" if start else "wb") as out:
             if start != offset:  # the source ignored our Range request: start over
                 digest, offset = hashlib.sha256(), 0
@@ -184,6 +205,7 @@ class Cache:
                 digest.update(chunk)
                 offset += len(chunk)
                 on_progress(offset)
+                _check_stop(stop)
             out.flush()
             os.fsync(out.fileno())
         _check_digest(partial, file, digest.hexdigest())
@@ -361,6 +383,26 @@ def link_project_model(project_root: Path, name: str, snapshot: Path) -> Path:
     link = project_root / ".modelmora" / "models" / name
     replace_symlink(link, snapshot)
     return link
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise DownloadStopped
+
+
+@contextlib.contextmanager
+def _holding(lock: FileLock, stop: threading.Event | None) -> Iterator[None]:
+    """Hold `lock`; stop waiting for it when `stop` is set (its holder may download for long)."""
+    while True:
+        try:
+            lock.acquire(timeout=LOCK_POLL_S)
+            break
+        except Timeout:
+            _check_stop(stop)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _dump_projects(projects: set[str]) -> str:

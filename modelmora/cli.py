@@ -109,6 +109,20 @@ def _project() -> Project:
 
 @contextmanager
 def _progress(enabled: bool = True) -> Iterator[Progress]:
+    """Download progress for `add` and `install`; on Ctrl-C, say what becomes of the downloads."""
+    try:
+        with _progress_display(enabled) as progress:
+            yield progress
+    except KeyboardInterrupt:
+        _console(stderr=True).print(
+            "[bold red]interrupted:[/] partial downloads are kept in the cache; "
+            "`modelmora install` resumes them"
+        )
+        raise SystemExit(130) from None
+
+
+@contextmanager
+def _progress_display(enabled: bool) -> Iterator[Progress]:
     from modelmora.progress import PlainProgress, RichProgress, SilentProgress
 
     if options.quiet or not enabled:

@@ -7,8 +7,9 @@ the server and tests drive the same code.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -326,18 +327,31 @@ def _download_all(
     offline: bool,
     progress: Progress,
 ) -> None:
+    """Fetch in parallel; the first failure (or Ctrl-C) stops the others at their next chunk."""
+    stop = threading.Event()
+
     def fetch(item: tuple[LockedModel, LockedFile]) -> None:
         model, file = item
         progress.start(file.sha256, f"{model.name}/{file.path}", file.size)
         on_progress = _advancer(progress, file.sha256)
-        sources.download(cache, model, file, project.root, offline, on_progress)
+        sources.download(cache, model, file, project.root, offline, on_progress, stop)
         progress.finish(file.sha256)
 
     # Largest first, so the long downloads start early and the connections stay busy.
     ordered = sorted(missing, key=lambda item: -item[1].size)
-    with ThreadPoolExecutor(max_workers=MAX_CONNECTIONS) as pool:
-        for future in [pool.submit(fetch, item) for item in ordered]:
-            future.result()
+    pool = ThreadPoolExecutor(max_workers=MAX_CONNECTIONS)
+    try:
+        done, _ = wait([pool.submit(fetch, item) for item in ordered], return_when=FIRST_EXCEPTION)
+    finally:
+        stop.set()  # nothing is left to run, or something failed: either way, stop the rest
+        pool.shutdown(wait=True, cancel_futures=True)
+    _raise_first_failure(done)
+
+
+def _raise_first_failure(done: Iterable[Future[None]]) -> None:
+    for future in done:
+        if (error := future.exception()) is not None:
+            raise error
 
 
 def _advancer(progress: Progress, key: str) -> Callable[[int], None]:

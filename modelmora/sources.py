@@ -13,14 +13,21 @@ import importlib.util
 import json
 import os
 import random
-import time
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from modelmora.cache import ByteSource, Cache, OnProgress, check_relative, tree_digest
+from modelmora.cache import (
+    ByteSource,
+    Cache,
+    DownloadStopped,
+    OnProgress,
+    check_relative,
+    tree_digest,
+)
 from modelmora.errors import NotFoundError, OfflineError, SourceError, UnsafeFileError
 from modelmora.files import CHUNK, sha256_file
 from modelmora.lockfile import LockedFile, LockedModel
@@ -282,19 +289,25 @@ def download(
     root: Path,
     offline: bool = False,
     on_progress: OnProgress | None = None,
+    stop: threading.Event | None = None,
 ) -> Path:
-    """Put a locked file's blob in the cache, retrying transient failures from the partial file."""
+    """Put a locked file's blob in the cache, retrying transient failures from the partial file.
+
+    Setting `stop` ends the download (DownloadStopped) at its next chunk or during a retry's wait.
+    """
     source = byte_source(model, file, root, offline)
+    stop = stop or threading.Event()
     attempt = 1
     while True:
         try:
-            return cache.fetch(file, source, on_progress)
+            return cache.fetch(file, source, on_progress, stop)
         except TransientError as error:
             if attempt == DOWNLOAD_ATTEMPTS:
                 raise TransientError(
                     f"{error.message} (gave up after {attempt} attempts)", error.hint
                 ) from None
-            time.sleep(retry_delay(attempt, error.retry_after))
+            if stop.wait(retry_delay(attempt, error.retry_after)):
+                raise DownloadStopped from None
             attempt += 1
 
 
@@ -377,7 +390,8 @@ def _open_url(
         with stream_context as response:
             _raise_for_status(response.status_code, response.headers, label)
             start = offset if response.status_code == 206 else 0
-            yield start, _guarded(response.iter_bytes(CHUNK), label)
+            # Chunks as they arrive (not gathered to 1 MiB): a stop is noticed between them.
+            yield start, _guarded(response.iter_bytes(), label)
 
 
 def _guarded(chunks: Iterator[bytes], label: str) -> Iterator[bytes]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from fakehub import FakeHub
-from test_project import tiny_repo
+from test_fakehub import wait_until
+from test_project import tiny_repo, weights
 
 from modelmora.cache import Cache
 
@@ -188,3 +191,41 @@ def test_global_options_after_double_dash_are_left_alone() -> None:
         "--quiet",
         "--project=y",
     ]
+
+
+def test_ctrl_c_stops_install_and_keeps_the_partial_download(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    size = 3_000_000
+    fake_hub.add_commit("acme/tiny", tiny_repo(size=size))
+    demo = tmp_path / "demo"
+    run("init", str(demo), cwd=tmp_path)
+    (demo / "modelmora.toml").write_text(
+        '[project]\nname = "demo"\n\n[models.tiny]\nsource = "hf://acme/tiny"\ntask = "embedding"\n'
+    )
+    run("lock", cwd=demo)
+    sha = hashlib.sha256(weights(0, size)).hexdigest()
+    partial = Cache().tmp / f"{sha}.incomplete"
+    fake_hub.slow[("acme/tiny", "model.safetensors")] = 100_000  # half a minute for the file
+    child = subprocess.Popen(
+        [sys.executable, "-m", "modelmora", "install", "--frozen"],
+        cwd=demo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: partial.exists() and partial.stat().st_size > 0)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "interrupted: partial downloads are kept in the cache; `modelmora install` resumes them"
+    )
+    assert not Cache().blob_path(sha).exists()
+    kept = partial.stat().st_size
+    assert 0 < kept < size
+
+    del fake_hub.slow[("acme/tiny", "model.safetensors")]
+    run("install", "--frozen", cwd=demo)
+    gets = [h.get("range") for m, p, h in fake_hub.requests if p.endswith("/model.safetensors")]
+    assert gets[-1] == f"bytes={kept}-"

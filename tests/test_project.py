@@ -9,10 +9,12 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from fakehub import FakeHub
+from test_fakehub import wait_until
 
 from modelmora import project, sources
 from modelmora.cache import Cache
@@ -598,3 +600,47 @@ def test_a_file_name_that_is_not_utf8_is_refused_at_lock_time(tmp_path: Path) ->
     with pytest.raises(UnsafeFileError, match=r"caf\\udce9\.json.*not valid UTF-8"):
         project.lock(demo)
     assert not demo.lock_path.exists()
+
+
+def open_when(gate: threading.Event, condition: Callable[[], bool]) -> threading.Thread:
+    """A thread that sets `gate` once `condition` holds (or after a generous bound)."""
+
+    def watch() -> None:
+        try:
+            wait_until(condition)
+        finally:
+            gate.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def has_bytes(path: Path) -> Callable[[], bool]:
+    return lambda: path.exists() and path.stat().st_size > 0
+
+
+def test_a_failed_download_stops_the_others_and_keeps_their_partial_files(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = 3_000_000
+    ci = copy_lock_to_empty_cache(
+        locked_demo(fake_hub, tmp_path / "demo", size), tmp_path, monkeypatch
+    )
+    sha = hashlib.sha256(weights(0, size)).hexdigest()
+    partial = Cache().tmp / f"{sha}.incomplete"
+    fake_hub.slow[(REPO, "model.safetensors")] = 100_000  # half a minute for the whole file
+    gate = fake_hub.gates[(REPO, "tokenizer.json")] = threading.Event()
+    fake_hub.fail_status[(REPO, "tokenizer.json")] = [403]
+    watcher = open_when(gate, has_bytes(partial))
+    with pytest.raises(SourceError, match=r"tokenizer\.json: access denied \(HTTP 403\)"):
+        project.install(ci, mode="frozen")
+    watcher.join()
+    assert not Cache().blob_path(sha).exists()
+    kept = partial.stat().st_size
+    assert 0 < kept < size
+
+    del fake_hub.slow[(REPO, "model.safetensors")]
+    project.install(ci, mode="frozen")
+    assert safetensors_gets(fake_hub)[-1] == f"bytes={kept}-"
+    assert (ci.models_dir / "tiny" / "model.safetensors").read_bytes() == weights(0, size)
