@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
 from starlette.types import ASGIApp
+from waiting import eventually
 
 
 @contextmanager
@@ -21,11 +21,13 @@ def serve(app: ASGIApp, startup_timeout: float = 120.0) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+
+    def has_started() -> bool:
+        if not thread.is_alive():
             raise RuntimeError("uvicorn did not start; see the captured log")
-        time.sleep(0.01)
+        return server.started
+
+    eventually(has_started, startup_timeout, what="uvicorn to start")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
