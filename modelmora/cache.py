@@ -5,6 +5,7 @@
       snapshots/SLUG/TREE/...          one folder per locked model, its files linked to blobs
       tmp/                             partial downloads (`SHA.incomplete`, resumable), temp files
       locks/                           file locks, so several processes can share one cache
+      leases/ID.json, ID.lock          what each running install uses, kept from `gc` while it runs
       git-blobs/AB/SHA1                the sha256 of small Hub files known by their git sha1
       projects.json                    the projects that use this cache, for `cache gc`
 
@@ -24,9 +25,10 @@ import shutil
 import stat
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
@@ -40,6 +42,18 @@ LOCK_POLL_S = 0.1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # an undecodable byte in a local file name
+
+
+@dataclass
+class _Lease:
+    """What one running install uses; `ID.json` is rewritten under the gc lock on every claim."""
+
+    path: Path
+    blobs: set[str] = field(default_factory=set)
+    snapshots: set[str] = field(default_factory=set)
+
+    def dumps(self) -> str:
+        return json.dumps({"blobs": sorted(self.blobs), "snapshots": sorted(self.snapshots)}) + "\n"
 
 
 def default_root() -> Path:
@@ -118,6 +132,9 @@ def source_slug(source: str) -> str:
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_root()).absolute()
+        self._gc_lock: FileLock | None = None
+        self._lease: _Lease | None = None
+        self._lease_guard = threading.Lock()
 
     # --- layout ---------------------------------------------------------------------------------
 
@@ -152,8 +169,76 @@ class Cache:
         except FileNotFoundError:
             return False
 
+    @property
+    def leases(self) -> Path:
+        return self._ensure(self.root / "leases")
+
     def lock(self, name: str) -> FileLock:
         return FileLock(str(self.locks / f"{name}.lock"))
+
+    def exclusive(self) -> FileLock:
+        """Held by `gc` from reading what is in use until it has removed the rest; a claim on a
+        lease takes it too, so a claim lands either before gc looks or after it is done."""
+        if self._gc_lock is None:
+            self._gc_lock = FileLock(str(self.locks / "gc.lock"))
+        return self._gc_lock
+
+    # --- leases: what running installs use ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Keep what this install claims from `gc` until the block ends.
+
+        `protect` claims a lock's blobs and snapshots, and `store_stream` claims each blob it
+        stores, before they are used. The lease is alive while its `ID.lock` is held, so a
+        crashed install's lease is dropped by the next `gc`.
+        """
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        holder = FileLock(str(self.leases / f"{name}.lock"))
+        with holder:
+            self._lease = _Lease(self.leases / f"{name}.json")
+            try:
+                yield
+            finally:
+                self._lease.path.unlink(missing_ok=True)
+                self._lease = None
+        Path(holder.lock_file).unlink(missing_ok=True)
+
+    def protect(self, models: Iterable[LockedModel]) -> None:
+        """Claim the blobs and snapshots of `models` for the current lease."""
+        if self._lease is None:
+            raise RuntimeError("Cache.protect needs an active Cache.lease()")
+        blobs: set[str] = set()
+        snapshots: set[str] = set()
+        for model in models:
+            blobs.update(file.sha256 for file in model.files)
+            snapshots.add(str(self.snapshot_path(model)))
+        self._claim(blobs, snapshots)
+
+    def _claim(self, blobs: set[str], snapshots: set[str]) -> None:
+        lease = self._lease
+        if lease is None:
+            return
+        with self._lease_guard, self.exclusive():
+            lease.blobs |= blobs
+            lease.snapshots |= snapshots
+            write_atomic(lease.path, lease.dumps())
+
+    def _leased(self, drop_stale: bool) -> tuple[set[str], set[Path]]:
+        """What live leases claim. Hold `exclusive()`. A lease whose lock is free is stale."""
+        blobs: set[str] = set()
+        snapshots: set[Path] = set()
+        for path in sorted(self.leases.glob("*.json")):
+            if not _is_held(path.with_suffix(".lock")):
+                if drop_stale:
+                    path.unlink(missing_ok=True)
+                    path.with_suffix(".lock").unlink(missing_ok=True)
+                continue
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                data = json.loads(path.read_text())
+                blobs.update(data["blobs"])
+                snapshots.update(Path(s) for s in data["snapshots"])
+        return blobs, snapshots
 
     # --- adding blobs ---------------------------------------------------------------------------
 
@@ -231,6 +316,7 @@ class Cache:
                 out.flush()
                 os.fsync(out.fileno())
             file = LockedFile(path="", size=size, sha256=digest.hexdigest())
+            self._claim({file.sha256}, set())
             with self.lock(file.sha256):
                 if not self.has_blob(file):
                     self._publish(temp, self.blob_path(file.sha256))
@@ -342,14 +428,25 @@ class Cache:
         return info.st_dev, info.st_ino
 
     def gc(self, keep_blobs: set[str], keep_snapshots: set[Path], dry_run: bool) -> GcReport:
-        blobs = [sha for sha in self.blob_digests() if sha not in keep_blobs]
-        snapshots = [s for s in self._snapshot_folders() if s not in keep_snapshots]
-        freed = sum(self.blob_path(sha).stat().st_size for sha in blobs)
-        if not dry_run:
-            for snapshot in snapshots:
-                _remove_tree(snapshot)
-            for sha in blobs:
-                self.blob_path(sha).unlink(missing_ok=True)
+        """Remove the blobs and snapshots that neither the keep sets nor a live lease name.
+
+        Hold `exclusive()` from before reading what the keep sets come from (the registered
+        projects' locks) until this returns, as `project.gc_cache` does.
+        """
+        with self.exclusive():
+            leased_blobs, leased_snapshots = self._leased(drop_stale=not dry_run)
+            keep_blobs, keep_snapshots = (
+                keep_blobs | leased_blobs,
+                keep_snapshots | leased_snapshots,
+            )
+            blobs = [sha for sha in self.blob_digests() if sha not in keep_blobs]
+            snapshots = [s for s in self._snapshot_folders() if s not in keep_snapshots]
+            freed = sum(self.blob_path(sha).stat().st_size for sha in blobs)
+            if not dry_run:
+                for snapshot in snapshots:
+                    _remove_tree(snapshot)
+                for sha in blobs:
+                    self.blob_path(sha).unlink(missing_ok=True)
         return GcReport(blobs=len(blobs), snapshots=len(snapshots), bytes_freed=freed)
 
     def _snapshot_folders(self) -> list[Path]:
@@ -383,6 +480,16 @@ def link_project_model(project_root: Path, name: str, snapshot: Path) -> Path:
     link = project_root / ".modelmora" / "models" / name
     replace_symlink(link, snapshot)
     return link
+
+
+def _is_held(lock_file: Path) -> bool:
+    probe = FileLock(str(lock_file), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def _check_stop(stop: threading.Event | None) -> None:

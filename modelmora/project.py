@@ -135,10 +135,11 @@ def add(
     table = {"source": source, "revision": revision, "task": task, "include": include}
     text = manifest.add_model(project.manifest_path.read_text(), name, table)
     staged = manifest.loads(text, project.manifest_path)
-    lock = _relock(project, staged, project.lock_or_empty(), cache, set(), offline)
-    result = _install(project, lock, cache, offline, progress or SilentProgress())
-    write_atomic(project.manifest_path, text)
-    write_if_changed(project.lock_path, lockfile.dumps(lock))
+    with cache.lease():  # until the lock is written, gc knows this model only from the lease
+        lock = _relock(project, staged, project.lock_or_empty(), cache, set(), offline)
+        result = _install(project, lock, cache, offline, progress or SilentProgress())
+        write_atomic(project.manifest_path, text)
+        write_if_changed(project.lock_path, lockfile.dumps(lock))
     return AddResult(name=name, locked=lock.models[name], install=result)
 
 
@@ -192,6 +193,17 @@ def lock(
     offline: bool = False,
 ) -> LockResult:
     """Resolve what changed in the manifest (and what `upgrade` names); keep the rest as locked."""
+    return _lock(project, Cache(), upgrade=upgrade, dry_run=dry_run, offline=offline)
+
+
+def _lock(
+    project: Project,
+    cache: Cache,
+    *,
+    upgrade: Iterable[str] | bool = False,
+    dry_run: bool = False,
+    offline: bool = False,
+) -> LockResult:
     current = project.manifest()
     old = project.lock_or_empty()
     names = set(current.models) if upgrade is True else set(upgrade or ())
@@ -200,7 +212,7 @@ def lock(
         raise ManifestError(
             f"no model named '{sorted(unknown)[0]}' in {MANIFEST_NAME}", "see `modelmora list`"
         )
-    new = _relock(project, current, old, Cache(), names, offline)
+    new = _relock(project, current, old, cache, names, offline)
     written = False if dry_run else write_if_changed(project.lock_path, lockfile.dumps(new))
     return LockResult(lock=new, changes=tuple(_diff(old, new)), written=written)
 
@@ -281,18 +293,22 @@ def install(
     sync: lock first if the manifest changed. locked: fail if the lock is stale. frozen: install
     the lock as it is, without reading the manifest.
     """
-    if mode == "frozen":
-        current = project.lock()
-    elif mode == "locked":
-        current = check_lock(project)
-    else:
-        current = lock(project, offline=offline).lock
-    return _install(project, current, Cache(), offline, progress or SilentProgress())
+    cache = Cache()
+    with cache.lease():
+        if mode == "frozen":
+            current = project.lock()
+        elif mode == "locked":
+            current = check_lock(project)
+        else:
+            current = _lock(project, cache, offline=offline).lock
+        return _install(project, current, cache, offline, progress or SilentProgress())
 
 
 def _install(
     project: Project, lock: Lock, cache: Cache, offline: bool, progress: Progress
 ) -> InstallResult:
+    """Install `lock` under the cache's lease: what it uses is claimed before it is looked at."""
+    cache.protect(lock.models.values())
     missing = _missing_files(lock, cache)
     progress.begin(len(missing), sum(file.size for _, file in missing))
     _download_all(project, cache, missing, offline, progress)
@@ -557,14 +573,15 @@ def _registered_locks(cache: Cache) -> list[tuple[Project, Lock]]:
 
 
 def gc_cache(cache: Cache, *, dry_run: bool = False) -> GcReport:
-    """Remove blobs and snapshots that no registered project's lock references."""
+    """Remove blobs and snapshots that no registered project's lock and no running install use."""
     keep_blobs: set[str] = set()
     keep_snapshots: set[Path] = set()
-    for _, lock in _registered_locks(cache):
-        for model in lock.models.values():
-            keep_blobs.update(file.sha256 for file in model.files)
-            keep_snapshots.add(cache.snapshot_path(model))
-    return cache.gc(keep_blobs, keep_snapshots, dry_run)
+    with cache.exclusive():
+        for _, lock in _registered_locks(cache):
+            for model in lock.models.values():
+                keep_blobs.update(file.sha256 for file in model.files)
+                keep_snapshots.add(cache.snapshot_path(model))
+        return cache.gc(keep_blobs, keep_snapshots, dry_run)
 
 
 def cache_dir() -> Path:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -644,3 +645,32 @@ def test_a_failed_download_stops_the_others_and_keeps_their_partial_files(
     project.install(ci, mode="frozen")
     assert safetensors_gets(fake_hub)[-1] == f"bytes={kept}-"
     assert (ci.models_dir / "tiny" / "model.safetensors").read_bytes() == weights(0, size)
+
+
+def test_gc_during_a_first_install_keeps_everything_the_install_uses(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    fake_hub.add_commit(REPO, tiny_repo())
+    other = make_project(tmp_path / "other", {})
+    project.install(other)  # gc runs from a registered project that uses nothing
+    garbage = Cache().store_stream([b"no project uses this"])
+    demo = make_project(tmp_path / "demo", {"tiny": hub_model()})
+    gate = fake_hub.gates[(REPO, "model.safetensors")] = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        installing = pool.submit(project.install, demo)
+        try:
+            # Locking stored the small files; the weights' download is held at the gate.
+            wait_until(lambda: resolve_gets(fake_hub, "model.safetensors") != [])
+            report = project.gc_cache(Cache())
+        finally:
+            gate.set()
+        installing.result(timeout=120)
+    assert (report.blobs, report.bytes_freed) == (1, garbage.size)
+    assert not Cache().blob_path(garbage.sha256).exists()
+    assert snapshot_digests(project.model_path(demo, "tiny")) == {
+        path: hashlib.sha256(data).hexdigest()
+        for path, data in tiny_repo().items()
+        if path != "README.md"
+    }
+    assert project.gc_cache(Cache()).blobs == 0
+    assert list(Cache().leases.iterdir()) == []
