@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from fakehub import FakeHub
-from test_fakehub import wait_until
 from test_project import tiny_repo, weights
+from waiting import eventually
 
 from modelmora.cache import Cache
 
@@ -214,7 +214,7 @@ def test_ctrl_c_stops_install_and_keeps_the_partial_download(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_until(lambda: partial.exists() and partial.stat().st_size > 0)
+    eventually(lambda: partial.exists() and partial.stat().st_size > 0)
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr

@@ -28,6 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
+from waiting import eventually
 
 REPO = "org/tiny"
 WEIGHTS = bytes(range(256)) * 20  # 5120 bytes: over the LFS threshold
@@ -375,7 +376,7 @@ def test_a_gate_holds_the_next_get_until_it_opens(fake_hub: FakeHub, commit: str
 
     getter = threading.Thread(target=get)
     getter.start()
-    wait_until(lambda: fake_hub.paths("GET") != [])
+    eventually(lambda: fake_hub.paths("GET") != [])
     assert answers == [] and getter.is_alive()
     gate.set()
     getter.join(timeout=60)
@@ -391,10 +392,3 @@ def test_slow_trickles_one_file_only(fake_hub: FakeHub, commit: str) -> None:
         conn.close()
     with connection(fake_hub) as conn:
         assert fetch(conn, f"/{REPO}/resolve/{commit}/README.md")[2] == FILES["README.md"]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fakehub import FakeHub
-from test_fakehub import wait_until
+from waiting import eventually
 
 from modelmora import project, sources
 from modelmora.cache import Cache
@@ -604,11 +604,11 @@ def test_a_file_name_that_is_not_utf8_is_refused_at_lock_time(tmp_path: Path) ->
 
 
 def open_when(gate: threading.Event, condition: Callable[[], bool]) -> threading.Thread:
-    """A thread that sets `gate` once `condition` holds (or after a generous bound)."""
+    """A thread that sets `gate` once `condition` holds (or once `eventually` gives up)."""
 
     def watch() -> None:
         try:
-            wait_until(condition)
+            eventually(condition)
         finally:
             gate.set()
 
@@ -660,7 +660,7 @@ def test_gc_during_a_first_install_keeps_everything_the_install_uses(
         installing = pool.submit(project.install, demo)
         try:
             # Locking stored the small files; the weights' download is held at the gate.
-            wait_until(lambda: resolve_gets(fake_hub, "model.safetensors") != [])
+            eventually(lambda: resolve_gets(fake_hub, "model.safetensors"))
             report = project.gc_cache(Cache())
         finally:
             gate.set()
