@@ -18,6 +18,7 @@ from modelmora.serve.config import ServerSettings, SupervisorSettings
 from modelmora.serve.supervisor import ServedModel, Supervisor
 
 CHAT = [{"role": "user", "content": "hello"}]
+pytestmark = pytest.mark.slow  # a live server with worker processes
 
 
 @pytest.fixture(scope="module")

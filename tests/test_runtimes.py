@@ -235,6 +235,7 @@ def test_a_plugin_entry_point_adds_a_task(monkeypatch: pytest.MonkeyPatch) -> No
 # --- in a worker process ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_runtimes_answer_from_worker_processes(model_folders: dict[str, Path]) -> None:
     """One supervisor for every check: its template imports torch, which takes seconds."""
     models = [ServedModel(task, task, folder) for task, folder in model_folders.items()]

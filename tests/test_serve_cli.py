@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 import psutil
 import pytest
 from modelfactory import build_embedding_model
+from waiting import eventually
 
 from modelmora.errors import ModelmoraError
 from modelmora.serve import config as settings
@@ -68,18 +68,14 @@ def server(embedding_project: Path) -> Iterator[tuple[str, subprocess.Popen[str]
 
 
 def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def is_ready() -> bool:
         assert process.poll() is None, process.communicate()
-        try:
-            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
+        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
+
+    eventually(is_ready, timeout, ignoring=(httpx.HTTPError,), what="the server to be ready")
 
 
+@pytest.mark.slow
 def test_serve_installs_serves_and_stops_cleanly(
     server: tuple[str, subprocess.Popen[str]], embedding_project: Path
 ) -> None:
@@ -101,10 +97,11 @@ def test_serve_installs_serves_and_stops_cleanly(
     assert children
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
-    _, alive = psutil.wait_procs(children, timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
 
 
+@pytest.mark.slow
 def test_serve_frozen_refuses_to_install(embedding_project: Path) -> None:
     result = cli("serve", "--frozen", cwd=embedding_project)
     assert result.returncode == 1
@@ -113,12 +110,14 @@ def test_serve_frozen_refuses_to_install(embedding_project: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_bad_serve_setting_is_one_line(embedding_project: Path) -> None:
     result = cli("serve", cwd=embedding_project, env={"MODELMORA_KEEP_ALIVE": "soon"})
     assert result.returncode == 1
     assert "MODELMORA_KEEP_ALIVE: 'soon' is not a duration" in result.stderr
 
 
+@pytest.mark.slow
 def test_ps_without_a_server(tmp_path: Path) -> None:
     result = cli("ps", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert result.returncode == 1 and "start one with `modelmora serve`" in result.stderr
