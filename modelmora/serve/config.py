@@ -62,8 +62,6 @@ class SupervisorSettings:
     drain_timeout: float = 30.0
     request_timeout: float = 60.0
     """Default deadline of a request, load included; 0 or less means none."""
-    max_crashes: int = 3
-    crash_window: float = 60.0
     restart_backoff: float = 1.0
     """Wait before restarting a worker that crashed twice in a row; doubles with each crash."""
     max_restart_backoff: float = 60.0

@@ -13,37 +13,30 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
 import socket
 import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from modelmora.errors import (
-    DeadlineExceededError,
-    InvalidInputError,
-    OverloadedError,
-    PayloadTooLargeError,
-    ServeError,
-    UnavailableError,
-    UnknownModelError,
-)
+from modelmora.errors import ServeError, UnavailableError
 from modelmora.serve.config import WorkerStart
-from modelmora.serve.worker import HEADER, Message, decode_message, encode_message
+from modelmora.serve.protocol import (
+    HEADER,
+    CallReply,
+    FromTemplate,
+    LoadReply,
+    PongMessage,
+    TemplateReadyMessage,
+    ToWorker,
+    decode_from_worker,
+    encode,
+    error_message,
+    pack,
+    raise_for_error,
+    unpack_from_template,
+)
 
-logger = logging.getLogger("modelmora.serve.supervisor")
-
-ERRORS_BY_CODE: dict[str, type[ServeError]] = {
-    error.code: error
-    for error in (
-        InvalidInputError,
-        PayloadTooLargeError,
-        UnavailableError,
-        DeadlineExceededError,
-        OverloadedError,
-        UnknownModelError,
-    )
-}
+logger = logging.getLogger("modelmora.supervisor")
 
 
 class WorkerProcess(Protocol):
@@ -89,15 +82,15 @@ class SpawnedProcess:
         return await self.process.wait()
 
 
-class Template:
-    """The supervisor's end of the template process (see `modelmora.serve.worker`)."""
+class TemplateProcess:
+    """The server's end of the template process (its loop: `modelmora.serve.worker.ForkServer`)."""
 
     def __init__(self, imports: Sequence[str]) -> None:
         self.imports = list(imports)
         self.process: asyncio.subprocess.Process | None = None
         self.control: socket.socket | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.ready: asyncio.Future[Message] | None = None
+        self.ready: asyncio.Future[TemplateReadyMessage] | None = None
         self.forks: dict[int, asyncio.Future[int]] = {}
         self.exits: dict[int, asyncio.Future[int | None]] = {}
         self.tokens = itertools.count(1)
@@ -107,7 +100,7 @@ class Template:
     def is_alive(self) -> bool:
         return self.reader is not None and not self.is_closed
 
-    async def start(self) -> Message:
+    async def start(self) -> TemplateReadyMessage:
         """Start the process and wait until its imports are done; returns its ready message."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -115,7 +108,7 @@ class Template:
         with theirs:
             self.process = await start_python("template", theirs, template_environment())
         ours.setblocking(False)
-        ours.send(pickle.dumps({"sys_path": sys.path, "imports": self.imports}))
+        ours.send(pack({"kind": "prepare", "sys_path": sys.path, "imports": self.imports}))
         self.reader = asyncio.create_task(self.read(), name="modelmora-template")
         ready = await self.ready
         logger.info("worker template ready: imports took %.0f ms", ready["import_ms"])
@@ -129,7 +122,7 @@ class Template:
         token = next(self.tokens)
         self.forks[token] = asyncio.get_running_loop().create_future()
         try:
-            data = pickle.dumps({"kind": "fork", "token": token})
+            data = pack({"kind": "fork", "token": token})
             await send_with_fd(self.control, data, sock.fileno())
             pid = await self.forks[token]
         finally:
@@ -142,7 +135,7 @@ class Template:
         loop = asyncio.get_running_loop()
         try:
             while data := await loop.sock_recv(self.control, 1 << 16):
-                self.route(decode_message(data))
+                self.route(unpack_from_template(data))
         except OSError:
             pass
         finally:
@@ -152,17 +145,16 @@ class Template:
         if self.process is not None:  # it ended without being asked to: reap it
             await end_process(self.process, timeout=1.0)
 
-    def route(self, message: Message) -> None:
+    def route(self, message: FromTemplate) -> None:
         assert self.ready is not None
-        kind = message.get("kind")
-        if kind == "ready":
+        if message["kind"] == "ready":
             self.ready.set_result(message)
-        elif kind == "forked":
+        elif message["kind"] == "forked":
             self.exits[message["pid"]] = asyncio.get_running_loop().create_future()
             waiting = self.forks.get(message["token"])
             if waiting is not None and not waiting.done():
                 waiting.set_result(message["pid"])
-        elif kind == "exited" and message["pid"] in self.exits:
+        elif message["kind"] == "exited" and message["pid"] in self.exits:
             settle(self.exits.pop(message["pid"]), message["returncode"])
 
     def forget_everything(self) -> None:
@@ -203,7 +195,7 @@ class Worker:
         self.process = process
         self.pid = process.pid
         self.writer = writer
-        self.ready: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[LoadReply] = asyncio.get_running_loop().create_future()
         self.is_serving = False
         self.device: str | None = None
         self.memory_bytes: int | None = None
@@ -213,7 +205,7 @@ class Worker:
         self.is_pinging = False
         self.done = asyncio.Event()
         """Set once its exit has been handled."""
-        self.calls: dict[int, asyncio.Queue[Message]] = {}
+        self.calls: dict[int, asyncio.Queue[CallReply]] = {}
         self.ids = itertools.count(1)
         self.reading = asyncio.create_task(self.read(reader), name=f"modelmora-worker-{name}")
 
@@ -221,39 +213,44 @@ class Worker:
         try:
             while True:
                 (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
-                self.route(decode_message(await reader.readexactly(size)))
+                self.route(decode_from_worker(await reader.readexactly(size)))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the process ended, or we ended it
         finally:
             self.is_closed = True
             self.writer.close()
 
-    def route(self, message: Message) -> None:
-        if not self.ready.done():
-            if message["kind"] == "ready":
-                self.is_serving, self.device = True, message["device"]
-                self.memory_bytes = message["memory_bytes"]
-            self.ready.set_result(message)
-        elif (replies := self.calls.get(message.get("id", 0))) is not None:
+    def route(self, message: LoadReply | CallReply) -> None:
+        if message["kind"] == "ready" or message["kind"] == "load_failed":
+            self.note_load_reply(message)
+        elif (replies := self.calls.get(message["id"])) is not None:
             replies.put_nowait(message)
 
-    def send(self, message: Message) -> None:
+    def note_load_reply(self, message: LoadReply) -> None:
+        if self.ready.done():
+            return
+        if message["kind"] == "ready":
+            self.is_serving, self.device = True, message["device"]
+            self.memory_bytes = message["memory_bytes"]
+        self.ready.set_result(message)
+
+    def send(self, message: ToWorker) -> None:
         if self.is_closed:
             raise UnavailableError(f"worker for '{self.name}' has ended", retry_after=1)
-        self.writer.write(encode_message(message))
+        self.writer.write(encode(message))
 
     def call(self, request: dict[str, Any], stream: bool) -> Call:
         call_id = next(self.ids)
-        replies: asyncio.Queue[Message] = asyncio.Queue()
+        replies: asyncio.Queue[CallReply] = asyncio.Queue()
         self.send(
             {"kind": "infer", "batch": [{"id": call_id, "request": request, "stream": stream}]}
         )
         self.calls[call_id] = replies
         return Call(self, call_id, replies)
 
-    async def ping(self, timeout: float) -> Message:
+    async def ping(self, timeout: float) -> PongMessage:
         call_id = next(self.ids)
-        replies: asyncio.Queue[Message] = asyncio.Queue()
+        replies: asyncio.Queue[CallReply] = asyncio.Queue()
         self.calls[call_id] = replies
         self.is_pinging = True
         try:
@@ -263,12 +260,14 @@ class Worker:
             self.calls.pop(call_id, None)
             self.is_pinging = False
         raise_for_error(reply, self.name)
+        if reply["kind"] != "pong":
+            raise ServeError(f"worker for '{self.name}' answered a ping with {reply['kind']}")
         return reply
 
-    def fail_calls(self, message: str, retry_after: float | None) -> None:
-        reply = {"kind": "error", "code": UnavailableError.code, "message": message}
-        for replies in self.calls.values():
-            replies.put_nowait({**reply, "retry_after": retry_after})
+    def fail_calls(self, error: UnavailableError) -> None:
+        """Every call in flight gets `error` as its answer: the worker has gone."""
+        for call_id, replies in self.calls.items():
+            replies.put_nowait(error_message(call_id, error))
         self.calls.clear()
 
     def fail_loading(self, error: ServeError) -> None:
@@ -280,11 +279,11 @@ class Worker:
 class Call:
     """One request on a worker: its replies in order, and a cancel if we stop listening early."""
 
-    def __init__(self, worker: Worker, call_id: int, replies: asyncio.Queue[Message]) -> None:
+    def __init__(self, worker: Worker, call_id: int, replies: asyncio.Queue[CallReply]) -> None:
         self.worker, self.call_id, self.replies = worker, call_id, replies
         self.is_finished = False
 
-    async def reply(self) -> Message:
+    async def reply(self) -> CallReply:
         """The next reply; raises the error it carries."""
         message = await self.replies.get()
         if message["kind"] in ("result", "end", "error"):
@@ -298,15 +297,6 @@ class Call:
             self.worker.send({"kind": "cancel", "id": self.call_id})
 
 
-def raise_for_error(reply: Message, name: str) -> None:
-    if reply["kind"] != "error":
-        return
-    error_class = ERRORS_BY_CODE.get(reply["code"])
-    if error_class is None:
-        raise ServeError(f"model '{name}' failed on this request: {reply['message']}")
-    raise error_class(reply["message"], retry_after=reply.get("retry_after"))
-
-
 class Launcher:
     """Starts worker processes, forked from the template or spawned, each with its own socket."""
 
@@ -314,9 +304,9 @@ class Launcher:
         self.fork = start == "fork" or (start == "auto" and sys.platform.startswith("linux"))
         self.template_imports = template_imports
         self.stop_timeout = stop_timeout
-        self.template: Template | None = None
-        self.template_start: asyncio.Task[Message] | None = None
-        self.retired: list[Template] = []
+        self.template: TemplateProcess | None = None
+        self.template_start: asyncio.Task[TemplateReadyMessage] | None = None
+        self.retired: list[TemplateProcess] = []
 
     def start_template(self) -> None:
         """Start the template in the background, once, and again if it has died."""
@@ -324,7 +314,7 @@ class Launcher:
             return
         if self.template is not None:
             self.retired.append(self.template)
-        self.template = Template(self.template_imports)
+        self.template = TemplateProcess(self.template_imports)
         self.template_start = asyncio.create_task(self.template.start(), name="modelmora-template")
 
     def is_warming_up(self) -> bool:

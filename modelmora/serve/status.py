@@ -59,6 +59,9 @@ class ModelStatus(BaseModel):
         default=None,
         description="unix time at which a crashed worker is started again (restarting)",
     )
+    last_crash: str | None = Field(
+        default=None, description="how the last crashed worker died, kept after it restarted"
+    )
     last_load_ms: float | None
     error: str | None = Field(description="why the model is failed or restarting")
     queued: dict[str, int] = Field(

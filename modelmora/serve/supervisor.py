@@ -5,14 +5,14 @@ starting a worker process (`modelmora.serve.worker`) and unloaded by ending it: 
 process gives all its memory, RAM and GPU, back. Workers are forked from a template process that
 has torch and transformers imported already (Linux), or spawned afresh elsewhere.
 
-    unloaded ──request / load()──► loading ──► ready ──idle, evicted, unload()──► unloaded
-                                      │          │
-                                      │          └──crash──► unloaded (retry after a backoff)
-                                      └──load error──► failed ◄──max_crashes in crash_window
+The supervisor decides; each model's `Slot` carries out its state changes (see the diagram in
+`modelmora.serve.status`), the room policy is `modelmora.serve.placement`, the process machinery
+`modelmora.serve.launcher`. A crashed worker is started again after a backoff that doubles with each
+crash in a row (`slot.restart_delay`), as Kubernetes does with a crash loop; only a load that fails,
+which would fail again, leaves a model `failed` until someone loads it again.
 
-A failed model stays failed until someone loads (or unloads) it explicitly. Each worker has a
-socket of its own; a reader task routes replies to requests by id, and the end of that socket means
-the worker is gone: its in-flight requests fail at once with the reason (exit code or signal).
+Each worker has a socket of its own; a reader task routes replies to requests by id, and the end of
+that socket means the worker is gone: its in-flight requests fail at once with the reason.
 """
 
 from __future__ import annotations
@@ -20,63 +20,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
 import signal
 import sys
 import time
-from collections import deque
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from modelmora.errors import DeadlineExceededError, ServeError, UnavailableError, UnknownModelError
 from modelmora.runtimes import ModelSpec
-from modelmora.serve.config import BatchSettings, SupervisorSettings
+from modelmora.serve.config import SupervisorSettings
 from modelmora.serve.launcher import Call, Launcher, Worker
-from modelmora.serve.status import Batching, ModelState, ModelStatus
-from modelmora.serve.worker import EXIT_LOAD_FAILED, Message
+from modelmora.serve.placement import Limits, evictions_for, fits, over_budget
+from modelmora.serve.protocol import EXIT_LOAD_FAILED, ReadyMessage
+from modelmora.serve.slot import ServedModel, Slot
+from modelmora.serve.status import Batching, ModelStatus
+from modelmora.serve.tasks import TaskGroup
 
-logger = logging.getLogger("modelmora.serve.supervisor")
+logger = logging.getLogger("modelmora.supervisor")
 
 Listener = Callable[[str, str, float], None]
 T = TypeVar("T")
 
-MAX_BACKOFF = 30.0
 EXIT_REPORT_TIMEOUT = 5.0
-
-
-# --- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """A model the server offers, built from the project's lock and manifest."""
-
-    name: str
-    task: str
-    path: Path
-    source: str = ""
-    revision: str = ""
-    device: str = "auto"
-    dtype: str = "auto"
-    preload: bool = False
-    keep_alive: float | None = None
-    threads: int | None = None
-    runtime: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    batching: BatchSettings = field(default_factory=BatchSettings)
-    """How the server's scheduler queues and batches this model's requests."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +53,6 @@ class InferenceResult:
     queue_ms: float
     load_ms: float
     inference_ms: float
-
-
-# --- the supervisor -----------------------------------------------------------------------------
 
 
 class LoadFailed(UnavailableError):
@@ -115,58 +80,13 @@ class Deadline:
             ) from None
 
 
-@dataclass(eq=False)
-class Slot:
-    """What the supervisor knows about one model, loaded or not."""
-
-    model: ServedModel
-    keep_alive: float
-    state: ModelState = "unloaded"
-    worker: Worker | None = None
-    loading: asyncio.Task[Worker] | None = None
-    unloading: asyncio.Task[None] | None = None
-    holds_room: bool = False
-    waiting: int = 0
-    in_flight: int = 0
-    idle_timer: asyncio.TimerHandle | None = None
-    expires_at: float | None = None
-    loaded_at: float | None = None
-    last_used: float | None = None
-    requests_total: int = 0
-    requests_failed: int = 0
-    loads: int = 0
-    unloads: int = 0
-    crashes: int = 0
-    recent_crashes: deque[float] = field(default_factory=deque)
-    retry_at: float = 0.0
-    last_load_ms: float | None = None
-    memory_bytes: int | None = None
-    error: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    @property
-    def serving_worker(self) -> Worker | None:
-        worker = self.worker
-        return worker if worker is not None and worker.is_serving else None
-
-    @property
-    def is_idle(self) -> bool:
-        return self.in_flight == 0 and self.waiting == 0 and self.unloading is None
-
-    @property
-    def occupies_room(self) -> bool:
-        return self.worker is not None or self.holds_room
-
-
 ENDINGS = {
     "unload": ("unload", "model '{name}' was unloaded"),
     "idle": ("unload", "model '{name}' was unloaded after its keep-alive"),
     "evict": ("evict", "model '{name}' was evicted to make room for another"),
     "shutdown": ("unload", "ModelMora is shutting down"),
 }
+"""Why the supervisor ended a worker: the event it emits, and what its in-flight requests hear."""
 
 
 class Supervisor:
@@ -178,13 +98,13 @@ class Supervisor:
         self.launcher = Launcher(
             settings.worker_start, settings.template_imports, settings.stop_timeout
         )
+        self.limits = Limits(settings.max_loaded_models, settings.memory_budget)
         self.default_threads = default_threads(settings, len(models))
         self.listeners: list[Listener] = []
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.watchers: set[asyncio.Task[Any]] = set()
-        """One per worker: it sees the worker's end through, so stop() never cancels it."""
+        self.tasks = TaskGroup("supervisor", logger, expected=(ServeError,))
+        self.watchers = TaskGroup("worker watch", logger)
+        """One per worker: it sees the worker's end through, so stop() waits for it last."""
         self.changed = asyncio.Event()
-        self.health: asyncio.Task[None] | None = None
         self.is_stopping = False
 
     # queries
@@ -198,6 +118,7 @@ class Supervisor:
     def status(self, name: str) -> ModelStatus:
         slot = self.slot(name)
         worker = slot.serving_worker
+        restart_in = slot.restart_in() if slot.state == "restarting" else None
         return ModelStatus(
             name=slot.name,
             task=slot.model.task,
@@ -216,6 +137,9 @@ class Supervisor:
             loads=slot.loads,
             unloads=slot.unloads,
             crashes=slot.crashes,
+            crash_streak=slot.crash_streak,
+            restart_at=None if restart_in is None else time.time() + restart_in,
+            last_crash=slot.last_crash,
             last_load_ms=slot.last_load_ms,
             error=slot.error,
             batching=Batching.model_validate(dataclasses.asdict(slot.model.batching)),
@@ -225,13 +149,15 @@ class Supervisor:
         return [self.status(name) for name in self.slots]
 
     def is_ready(self) -> tuple[bool, list[str]]:
-        """Ready: no model failed, every preloaded model came up once, the template imported."""
-        reasons = [f"model '{slot.name}' failed: {slot.error}" for slot in self.failed_slots()]
-        reasons += [
-            f"model '{slot.name}' is preloading"
-            for slot in self.slots.values()
-            if slot.model.preload and slot.loads == 0 and slot.state != "failed"
-        ]
+        """Ready: no model failed or crash-looping, preloads came up once, the template imported."""
+        reasons = []
+        for slot in self.slots.values():
+            if slot.state == "failed":
+                reasons.append(f"model '{slot.name}' failed: {slot.error}")
+            elif slot.state == "restarting":
+                reasons.append(f"model '{slot.name}' is crash-looping: {slot.error}")
+            elif slot.model.preload and slot.loads == 0:
+                reasons.append(f"model '{slot.name}' is preloading")
         if self.launcher.is_warming_up():
             reasons.append("the worker template is still importing torch and transformers")
         if self.is_stopping:
@@ -246,10 +172,10 @@ class Supervisor:
     async def start(self) -> None:
         """Start the template (imports take seconds: start them now), health checks, preloads."""
         self.launcher.start_template()
-        self.health = self.track(self.check_health())
+        self.tasks.start(self.check_health(), "health checks")
         for slot in self.slots.values():
             if slot.model.preload:
-                self.track(self.preload(slot))
+                self.tasks.start(self.preload(slot), f"preload {slot.name}")
 
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish (drain_timeout), then end the workers."""
@@ -259,13 +185,11 @@ class Supervisor:
         self.notify()
         for slot in self.slots.values():
             self.cancel_idle_timer(slot)
-        if self.health is not None:
-            self.health.cancel()
         await self.wait_until(self.is_drained, self.settings.drain_timeout)
         await self.end_workers()
-        await self.finish_tasks()
+        await self.tasks.close()  # loads, pings, restarts, idle unloads
         await self.end_workers()  # one a cancelled load had just started
-        await asyncio.gather(*self.watchers, return_exceptions=True)
+        await self.watchers.close(grace=2 * EXIT_REPORT_TIMEOUT + self.settings.stop_timeout)
         await self.launcher.stop()
 
     async def end_workers(self) -> None:
@@ -273,9 +197,9 @@ class Supervisor:
         await asyncio.gather(*(self.end_worker(worker, "shutdown") for worker in workers))
 
     async def load(self, name: str) -> ModelStatus:
+        """Load by hand: also the way out of `failed` and of a crash loop's backoff."""
         slot = self.slot(name)
-        if slot.state == "failed":
-            self.forget_failure(slot)
+        slot.forget_failure()
         await self.wait_for_unload(slot, Deadline(0))
         slot.keep_alive = self.default_keep_alive(slot.model)
         await asyncio.shield(self.load_task(slot))
@@ -287,8 +211,7 @@ class Supervisor:
         if slot.loading is not None:
             await asyncio.wait([slot.loading])
         await self.end_slot(slot, "unload")
-        if slot.state == "failed":
-            self.forget_failure(slot)
+        slot.forget_failure()
         return self.status(name)
 
     # requests
@@ -308,6 +231,8 @@ class Supervisor:
             async with self.in_flight(slot, worker, request, stream=False) as call:
                 sent_at = time.monotonic()
                 reply = await deadline.run(call.reply(), slot.name, "waiting for the worker")
+        if reply["kind"] != "result":
+            raise ServeError(f"worker for '{name}' answered a request with {reply['kind']}")
         waited_ms = (sent_at - deadline.started) * 1000 - load_ms
         return InferenceResult(
             result=reply["result"],
@@ -354,15 +279,15 @@ class Supervisor:
             raise UnavailableError("ModelMora is shutting down", retry_after=5)
         slot.waiting += 1
         self.cancel_idle_timer(slot)
+        failed = False
         try:
             yield
         except Exception:
-            slot.requests_failed += 1
+            failed = True
             raise
         finally:
             slot.waiting -= 1
-            slot.requests_total += 1
-            slot.last_used = time.time()
+            slot.note_request(failed)
             slot.keep_alive = self.default_keep_alive(slot.model, keep_alive)
             self.schedule_idle_unload(slot)
             self.notify()
@@ -384,6 +309,10 @@ class Supervisor:
         worker = slot.serving_worker
         if worker is not None and slot.unloading is None:
             return worker, 0.0
+        if (wait := slot.restart_in()) > 0:
+            raise UnavailableError(
+                f"model '{slot.name}' is restarting: {slot.error}", retry_after=wait
+            )
         started = time.monotonic()
         await self.wait_for_unload(slot, deadline)
         loading = asyncio.shield(self.load_task(slot))
@@ -399,7 +328,7 @@ class Supervisor:
     def load_task(self, slot: Slot) -> asyncio.Task[Worker]:
         """The one load in progress for this model; a client that leaves does not cancel it."""
         if slot.loading is None:
-            slot.loading = self.track(self.load_worker(slot))
+            slot.loading = self.tasks.start(self.load_worker(slot), f"load {slot.name}")
             slot.loading.add_done_callback(lambda task: setattr(slot, "loading", None))
         return slot.loading
 
@@ -408,20 +337,25 @@ class Supervisor:
             return worker
         if slot.state == "failed":
             raise self.failed_error(slot)
-        slot.state, started = "loading", time.monotonic()
+        slot.begin_load()
+        started = time.monotonic()
         try:
-            await self.wait_for_backoff(slot)
             await self.make_room(slot)
             worker = await self.start_worker(slot)
         except LoadFailed as error:
-            self.note_load_failure(slot, error)
+            slot.mark_load_failed(error.message)
+            self.emit("load_failed", slot.name, 0.0)
+            logger.error("%s", error.message)
             raise
         except BaseException:
-            slot.state = "unloaded"  # no room, shutting down, unloaded meanwhile: try again later
+            slot.abandon_load()
             raise
         finally:
             slot.holds_room = False
-        self.note_loaded(slot, worker, started)
+        slot.mark_loaded(worker, time.monotonic() - started)
+        self.emit("load", slot.name, time.monotonic() - started)
+        self.evict_over_budget(slot)
+        self.notify()
         return worker
 
     async def start_worker(self, slot: Slot) -> Worker:
@@ -429,15 +363,13 @@ class Supervisor:
             raise UnavailableError("ModelMora is shutting down", retry_after=5)
         worker = await self.launcher.start(slot.name, slot.model.device)
         slot.worker = worker
-        watcher = self.track(self.watch(slot, worker))
-        self.watchers.add(watcher)
-        watcher.add_done_callback(self.watchers.discard)
+        self.watchers.start(self.watch(slot, worker), f"watch {slot.name} pid {worker.pid}")
         worker.send(
             {
                 "kind": "load",
                 "spec": self.model_spec(slot.model),
                 "sys_path": sys.path,
-                "imports": self.settings.template_imports,
+                "imports": list(self.settings.template_imports),
             }
         )
         ready = await self.wait_ready(slot, worker)
@@ -446,32 +378,16 @@ class Supervisor:
         log_load(slot.name, worker, ready)
         return worker
 
-    async def wait_ready(self, slot: Slot, worker: Worker) -> Message:
+    async def wait_ready(self, slot: Slot, worker: Worker) -> ReadyMessage:
         timeout = self.settings.load_timeout
         try:
             ready = await asyncio.wait_for(asyncio.shield(worker.ready), timeout)
         except TimeoutError:
-            self.track(self.end_worker(worker, "unresponsive"))
+            self.tasks.start(self.end_worker(worker, "unresponsive"), f"end {slot.name}")
             raise LoadFailed(f"model '{slot.name}' did not load within {timeout:g} s") from None
         if ready["kind"] == "load_failed":
             raise LoadFailed(f"model '{slot.name}' failed to load: {ready['message']}")
         return ready
-
-    def note_loaded(self, slot: Slot, worker: Worker, started: float) -> None:
-        seconds = time.monotonic() - started
-        slot.state, slot.error = "ready", None
-        slot.loads += 1
-        slot.loaded_at = slot.last_used = time.time()
-        slot.last_load_ms = seconds * 1000
-        slot.memory_bytes = worker.memory_bytes
-        self.emit("load", slot.name, seconds)
-        self.evict_over_budget(slot)
-        self.notify()
-
-    def note_load_failure(self, slot: Slot, error: LoadFailed) -> None:
-        slot.state, slot.error = "failed", error.message
-        self.emit("load_failed", slot.name, 0.0)
-        logger.error("%s", error.message)
 
     async def preload(self, slot: Slot) -> None:
         with contextlib.suppress(ServeError):
@@ -490,15 +406,14 @@ class Supervisor:
             options=dict(model.options),
         )
 
-    # room: max_loaded_models and memory_budget
+    # room: max_loaded_models and memory_budget (the policy: modelmora.serve.placement)
 
     async def make_room(self, slot: Slot) -> None:
         """Evict idle models, least recently used first, until this one fits; else wait."""
         give_up = time.monotonic() + self.settings.load_timeout
-        while not self.has_room(slot):
-            victim = self.eviction_candidate(slot)
-            if victim is not None:
-                await self.end_slot(victim, "evict")
+        while (victims := self.victims_for(slot)) != []:
+            if victims:
+                await asyncio.gather(*(self.end_slot(self.slots[n], "evict") for n in victims))
                 continue
             if self.is_stopping or time.monotonic() > give_up:
                 raise UnavailableError(
@@ -508,35 +423,21 @@ class Supervisor:
             await self.wait_for_change(give_up - time.monotonic())
         slot.holds_room = True
 
-    def has_room(self, slot: Slot) -> bool:
-        others = [
-            other for other in self.slots.values() if other is not slot and other.occupies_room
-        ]
-        limit = self.settings.max_loaded_models
-        if limit and len(others) >= limit:
-            return False
-        budget = self.settings.memory_budget
-        if budget is None or not others:
-            return True
-        return sum(map(memory_estimate, others)) + memory_estimate(slot) <= budget
+    def victims_for(self, slot: Slot) -> list[str] | None:
+        """Whom to evict for `slot` ([] when it fits now, None when it must wait)."""
+        others = [other.occupant() for other in self.slots.values() if self.holds_room(other, slot)]
+        if fits(slot.memory_estimate(), others, self.limits):
+            return []
+        return evictions_for(slot.memory_estimate(), others, self.limits)
 
-    def eviction_candidate(self, slot: Slot) -> Slot | None:
-        idle = [
-            other
-            for other in self.slots.values()
-            if other is not slot and other.serving_worker is not None and other.is_idle
-        ]
-        return min(idle, key=lambda other: other.last_used or 0.0, default=None)
+    def holds_room(self, other: Slot, slot: Slot) -> bool:
+        return other is not slot and other.occupies_room
 
     def evict_over_budget(self, loaded: Slot) -> None:
         """Measured memory can exceed the estimate a load was admitted on: evict idle others."""
-        budget = self.settings.memory_budget
-        if budget is None:
-            return
-        used = sum(memory_estimate(slot) for slot in self.slots.values() if slot.occupies_room)
-        while used > budget and (victim := self.eviction_candidate(loaded)) is not None:
-            used -= memory_estimate(victim)
-            self.begin_unload(victim, "evict")
+        occupants = [slot.occupant() for slot in self.slots.values() if slot.occupies_room]
+        for name in over_budget(occupants, self.limits, keep=loaded.name):
+            self.begin_unload(self.slots[name], "evict")
 
     # unloading
 
@@ -549,8 +450,8 @@ class Supervisor:
         Set at once, so that requests arriving meanwhile wait for it and then load afresh.
         """
         if slot.unloading is None:
-            slot.unloading = self.track(self.drain_and_end(slot, why))
-            slot.unloading.add_done_callback(lambda task: clear_unloading(slot))
+            slot.unloading = self.tasks.start(self.drain_and_end(slot, why), f"{why} {slot.name}")
+            slot.unloading.add_done_callback(lambda task: setattr(slot, "unloading", None))
         return slot.unloading
 
     async def drain_and_end(self, slot: Slot, why: str) -> None:
@@ -627,9 +528,12 @@ class Supervisor:
     def handle_exit(self, slot: Slot, worker: Worker, how: str) -> None:
         if worker.ending in ENDINGS:
             event, message = ENDINGS[worker.ending]
-            worker.fail_loading(UnavailableError(message.format(name=slot.name), retry_after=1))
-            worker.fail_calls(message.format(name=slot.name), retry_after=1)
-            self.note_unloaded(slot, event)
+            gone = UnavailableError(message.format(name=slot.name), retry_after=1)
+            worker.fail_loading(gone)
+            worker.fail_calls(gone)
+            slot.mark_unloaded()
+            self.cancel_idle_timer(slot)
+            self.emit(event, slot.name, 0.0)
         elif not worker.is_serving:
             worker.fail_loading(
                 LoadFailed(f"worker for '{slot.name}' crashed while loading ({how})")
@@ -639,53 +543,32 @@ class Supervisor:
                 how = f"stopped answering health checks within {self.settings.health_timeout:g} s"
             self.note_crash(slot, worker, how)
 
-    def note_unloaded(self, slot: Slot, event: str) -> None:
-        if slot.state == "ready":
-            slot.state = "unloaded"
-            slot.unloads += 1
-        self.cancel_idle_timer(slot)
-        self.emit(event, slot.name, 0.0)
-
     def note_crash(self, slot: Slot, worker: Worker, how: str) -> None:
-        now = time.monotonic()
-        slot.crashes += 1
-        slot.recent_crashes.append(now)
-        while slot.recent_crashes[0] < now - self.settings.crash_window:
-            slot.recent_crashes.popleft()
-        message = f"worker for '{slot.name}' crashed ({how})"
-        logger.error("%s", message)
+        """Fail what the worker was doing, then start it again after the crash loop's backoff."""
+        delay = slot.record_crash(how, self.settings)
+        logger.error("%s", slot.error)
         self.cancel_idle_timer(slot)
-        if len(slot.recent_crashes) >= self.settings.max_crashes:
-            slot.state = "failed"
-            slot.error = (
-                f"{message}; {len(slot.recent_crashes)} crashes within "
-                f"{self.settings.crash_window:g} s, so it is marked failed"
-            )
-            worker.fail_calls(slot.error, retry_after=None)
-        else:
-            slot.state, slot.error = "unloaded", message
-            backoff = crash_backoff(len(slot.recent_crashes))
-            slot.retry_at = now + backoff
-            worker.fail_calls(f"{message}; the next request starts a new worker", backoff or 1)
+        worker.fail_calls(UnavailableError(slot.error or how, retry_after=max(delay, 1.0)))
         self.emit("crash", slot.name, 0.0)
+        if not self.is_stopping:
+            self.tasks.start(self.restart(slot, delay), f"restart {slot.name}")
 
-    async def wait_for_backoff(self, slot: Slot) -> None:
-        delay = slot.retry_at - time.monotonic()
-        if delay > 0:
-            await self.wait_until(lambda: self.is_stopping, delay)
+    async def restart(self, slot: Slot, delay: float) -> None:
+        """After the backoff, load the model again, unless someone loaded or unloaded it since."""
+        await self.wait_until(lambda: self.is_stopping or slot.state != "restarting", delay)
+        if self.is_stopping or slot.state != "restarting":
+            return
+        slot.restart_at = None
+        with contextlib.suppress(ServeError):
+            await self.load_task(slot)
+        self.schedule_idle_unload(slot)
 
     def failed_error(self, slot: Slot) -> UnavailableError:
+        """A failed model: nothing will change by itself, so no Retry-After."""
         return UnavailableError(
             f"model '{slot.name}' has failed: {slot.error}",
             hint=f"fix the cause, then load it again (POST /models/{slot.name}/load)",
         )
-
-    def forget_failure(self, slot: Slot) -> None:
-        slot.state, slot.error, slot.retry_at = "unloaded", None, 0.0
-        slot.recent_crashes.clear()
-
-    def failed_slots(self) -> list[Slot]:
-        return [slot for slot in self.slots.values() if slot.state == "failed"]
 
     # health
 
@@ -696,7 +579,7 @@ class Supervisor:
             for slot in self.slots.values():
                 worker = slot.serving_worker
                 if worker is not None and worker.ending is None and not worker.is_pinging:
-                    self.track(self.ping(slot, worker))
+                    self.tasks.start(self.ping(slot, worker), f"ping {slot.name}")
 
     async def ping(self, slot: Slot, worker: Worker) -> None:
         try:
@@ -740,45 +623,12 @@ class Supervisor:
             await self.wait_for_change(remaining)
         return True
 
-    def track(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run in the background; keep a reference, and log what fails with nobody to tell."""
-        task = asyncio.create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.forget_task)
-        return task
-
-    def forget_task(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        error = None if task.cancelled() else task.exception()
-        if error is not None and not isinstance(error, ServeError):
-            logger.error("background task failed", exc_info=error)
-
-    async def finish_tasks(self) -> None:
-        """Cancel what is left (loads, pings, timers' unloads), then wait for everything."""
-        for task in self.tasks - self.watchers:
-            task.cancel()
-        await asyncio.gather(*(self.tasks - self.watchers), return_exceptions=True)
-
     def emit(self, event: str, name: str, seconds: float) -> None:
         for listener in self.listeners:
             try:
                 listener(event, name, seconds)
             except Exception:
                 logger.exception("listener failed on %s %s", event, name)
-
-
-# --- small helpers ------------------------------------------------------------------------------
-
-
-def clear_unloading(slot: Slot) -> None:
-    slot.unloading = None
-
-
-def crash_backoff(recent_crashes: int) -> float:
-    """No wait after a first crash, then 0.5 s, 1 s, 2 s ... up to MAX_BACKOFF."""
-    if recent_crashes <= 1:
-        return 0.0
-    return float(min(0.5 * 2 ** (recent_crashes - 2), MAX_BACKOFF))
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -794,15 +644,6 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def memory_estimate(slot: Slot) -> int:
-    """Memory measured at its last load, or else the size of its weight files."""
-    if slot.memory_bytes is not None:
-        return slot.memory_bytes
-    folder = Path(slot.model.path)
-    weights = itertools.chain(folder.glob("*.safetensors"), folder.glob("*.bin"))
-    return sum(path.stat().st_size for path in weights if path.is_file())
-
-
 def default_threads(settings: SupervisorSettings, models: int) -> int:
     """Split the cores between the workers that may run at once, so they do not fight."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -810,7 +651,7 @@ def default_threads(settings: SupervisorSettings, models: int) -> int:
     return max(1, (cores or 1) // at_once)
 
 
-def log_load(name: str, worker: Worker, ready: Message) -> None:
+def log_load(name: str, worker: Worker, ready: ReadyMessage) -> None:
     logger.info(
         "loaded '%s' in pid %d on %s: imports %.0f ms, weights %.0f ms, warm-up %.0f ms",
         name,
@@ -822,11 +663,4 @@ def log_load(name: str, worker: Worker, ready: Message) -> None:
     )
 
 
-__all__ = [
-    "InferenceResult",
-    "ModelState",
-    "ModelStatus",
-    "ServedModel",
-    "Supervisor",
-    "SupervisorSettings",
-]
+__all__ = ["InferenceResult", "ServedModel", "Supervisor"]

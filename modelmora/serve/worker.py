@@ -8,15 +8,7 @@ starts with them already in memory instead of paying seconds of imports. The tem
 touches CUDA: a CUDA context does not survive a fork, so each worker opens its own after the fork.
 Where fork is not available the launcher spawns `python -m modelmora.serve.worker worker ...`.
 
-Wire format on both sockets: a 4-byte big-endian length, then a pickled dict. Pickle is safe here:
-both ends are our own processes. The data socket carries, supervisor to worker:
-    {"kind": "load", "spec": ModelSpec, "sys_path": [...], "imports": [...]}   first, once
-    {"kind": "infer", "batch": [{"id", "request", "stream"}, ...]}              one or more requests
-    {"kind": "cancel", "id"}          {"kind": "ping", "id"}
-and worker to supervisor:
-    {"kind": "ready", "device", "memory_bytes", "import_ms", "load_ms", "warmup_ms"} or
-    {"kind": "load_failed", "message"}, then per request {"kind": "result" | "chunk" | "end" |
-    "error" | "pong", "id", ...}.
+The messages on both sockets, and their framing, are declared in `modelmora.serve.protocol`.
 
 Workers end with their parent: the kernel kills them when it exits (PR_SET_PDEATHSIG, Linux), and a
 worker whose socket reaches end-of-file exits too. torch is imported only inside functions.
@@ -28,12 +20,10 @@ import contextlib
 import ctypes
 import importlib
 import os
-import pickle
 import queue
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -42,47 +32,20 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from modelmora.errors import ModelmoraError, ServeError
-from modelmora.runtimes import ModelSpec, Runtime, resolve_runtime
+from modelmora.errors import ModelmoraError, ServeError, UnavailableError
+from modelmora.runtimes import Runtime, resolve_runtime
+from modelmora.serve.protocol import (
+    EXIT_LOAD_FAILED,
+    Channel,
+    ErrorMessage,
+    InferItem,
+    ToWorker,
+    error_message,
+    pack,
+    unpack_to_template,
+)
 
-Message = dict[str, Any]
-
-HEADER = struct.Struct("!I")
 PR_SET_PDEATHSIG = 1
-EXIT_LOAD_FAILED = 3
-
-
-def encode_message(message: Message) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(body)) + body
-
-
-def decode_message(body: bytes) -> Message:
-    message: Message = pickle.loads(body)
-    return message
-
-
-class Channel:
-    """The worker's end of its data socket: blocking reads, writes safe from any thread."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._reader = sock.makefile("rb")
-        self._write_lock = threading.Lock()
-
-    def send(self, message: Message) -> None:
-        data = encode_message(message)
-        with self._write_lock:
-            self._sock.sendall(data)
-
-    def receive(self) -> Message | None:
-        """The next message, or None once the supervisor has closed the socket or died."""
-        header = self._reader.read(HEADER.size)
-        if len(header) < HEADER.size:
-            return None
-        (size,) = HEADER.unpack(header)
-        body = self._reader.read(size)
-        return decode_message(body) if len(body) == size else None
 
 
 # --- the worker ---------------------------------------------------------------------------------
@@ -97,9 +60,9 @@ def run_worker(sock: socket.socket) -> NoReturn:
 
 def load_runtime(channel: Channel) -> Runtime:
     message = channel.receive()
-    if message is None:
+    if message is None or message["kind"] != "load":
         os._exit(0)
-    spec: ModelSpec = message["spec"]
+    spec = message["spec"]
     add_to_sys_path(message["sys_path"])
     timings: dict[str, float] = {}
     try:
@@ -115,7 +78,16 @@ def load_runtime(channel: Channel) -> Runtime:
         channel.send({"kind": "load_failed", "message": describe_load_error(error)})
         os._exit(EXIT_LOAD_FAILED)
     memory = memory_in_use(runtime)
-    channel.send({"kind": "ready", "device": runtime.device, "memory_bytes": memory, **timings})
+    channel.send(
+        {
+            "kind": "ready",
+            "device": runtime.device,
+            "memory_bytes": memory,
+            "import_ms": timings["import_ms"],
+            "load_ms": timings["load_ms"],
+            "warmup_ms": timings["warmup_ms"],
+        }
+    )
     return runtime
 
 
@@ -129,7 +101,7 @@ class RequestLoop:
     def __init__(self, channel: Channel, runtime: Runtime) -> None:
         self.channel = channel
         self.runtime = runtime
-        self.inbox: queue.SimpleQueue[tuple[float, Message]] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[float, InferItem]] = queue.SimpleQueue()
         self.cancelled: set[int] = set()
 
     def run(self) -> NoReturn:
@@ -147,38 +119,47 @@ class RequestLoop:
         finally:
             os._exit(0)  # no supervisor left to answer to
 
-    def dispatch(self, message: Message) -> None:
-        kind = message["kind"]
-        if kind == "infer":
+    def dispatch(self, message: ToWorker) -> None:
+        if message["kind"] == "infer":
             received_at = time.monotonic()
             for item in message["batch"]:
                 self.inbox.put((received_at, item))
-        elif kind == "cancel":
+        elif message["kind"] == "cancel":
             self.cancelled.add(message["id"])
-        elif kind == "ping":
+        elif message["kind"] == "ping":
             memory = memory_in_use(self.runtime)
             self.channel.send({"kind": "pong", "id": message["id"], "memory_bytes": memory})
 
-    def answer(self, received_at: float, item: Message) -> None:
+    def answer(self, received_at: float, item: InferItem) -> None:
         request_id = item["id"]
         started = time.monotonic()
-        timing = {"wait_ms": (started - received_at) * 1000}
+        wait_ms = (started - received_at) * 1000
         try:
             if request_id in self.cancelled:
                 return
-            if item.get("stream"):
+            if item["stream"]:
                 self.stream(request_id, item["request"])
-                reply = {"kind": "end", "id": request_id}
+                end_ms = since(started)
+                self.channel.send(
+                    {"kind": "end", "id": request_id, "wait_ms": wait_ms, "compute_ms": end_ms}
+                )
             else:
                 result = self.runtime.infer(item["request"])
-                reply = {"kind": "result", "id": request_id, "result": result}
-            self.channel.send({**reply, **timing, "compute_ms": since(started)})
+                self.channel.send(
+                    {
+                        "kind": "result",
+                        "id": request_id,
+                        "result": result,
+                        "wait_ms": wait_ms,
+                        "compute_ms": since(started),
+                    }
+                )
         except Exception as error:
-            self.channel.send({"kind": "error", "id": request_id, **describe_request_error(error)})
+            self.channel.send(describe_request_error(request_id, error))
         finally:
             self.cancelled.discard(request_id)
 
-    def stream(self, request_id: int, request: Message) -> None:
+    def stream(self, request_id: int, request: dict[str, Any]) -> None:
         chunks = self.runtime.stream(request)
         try:
             for chunk in chunks:
@@ -196,12 +177,14 @@ class RequestLoop:
 
 def run_template(control: socket.socket) -> NoReturn:
     """Import what workers need, say ready, then fork a worker for every request that comes in."""
-    prepare = decode_message(control.recv(1 << 20))
+    prepare = unpack_to_template(control.recv(1 << 20))
+    if prepare["kind"] != "prepare":
+        os._exit(1)
     add_to_sys_path(prepare["sys_path"])
     started = time.monotonic()
     failed = import_modules(prepare["imports"], keep_going=True)
     control.send(
-        pickle.dumps(
+        pack(
             {
                 "kind": "ready",
                 "import_ms": since(started),
@@ -210,11 +193,11 @@ def run_template(control: socket.socket) -> NoReturn:
             }
         )
     )
-    Template(control).serve()
+    ForkServer(control).serve()
 
 
-class Template:
-    """The forking loop: one socket for the supervisor's requests, one pipe for signals.
+class ForkServer:
+    """The template's forking loop: one socket for the supervisor's requests, one pipe for signals.
 
     SIGCHLD and SIGTERM only write a byte to the wake-up pipe; the loop then reaps exited workers
     (reporting each exit status, which the supervisor cannot get itself: they are not its children)
@@ -258,7 +241,7 @@ class Template:
         if not data:
             self.stopping = True  # the supervisor closed the socket or died
             return
-        message = decode_message(data)
+        message = unpack_to_template(data)
         if message["kind"] == "fork" and fds:
             self.fork_worker(message["token"], fds[0])
 
@@ -274,7 +257,7 @@ class Template:
             self.become_worker(fd)
         os.close(fd)
         self.children.add(pid)
-        self.report({"kind": "forked", "token": token, "pid": pid})
+        self.report(pack({"kind": "forked", "token": token, "pid": pid}))
 
     def become_worker(self, fd: int) -> NoReturn:
         try:
@@ -300,13 +283,12 @@ class Template:
             if pid == 0:
                 return
             self.children.discard(pid)
-            self.report(
-                {"kind": "exited", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)}
-            )
+            returncode = os.waitstatus_to_exitcode(status)
+            self.report(pack({"kind": "exited", "pid": pid, "returncode": returncode}))
 
-    def report(self, message: Message) -> None:
+    def report(self, packet: bytes) -> None:
         try:
-            self.control.send(pickle.dumps(message))
+            self.control.send(packet)
         except OSError:
             self.stopping = True  # nobody left to report to
 
@@ -389,13 +371,13 @@ def describe_load_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line(error)}"
 
 
-def describe_request_error(error: Exception) -> Message:
+def describe_request_error(call_id: int, error: Exception) -> ErrorMessage:
     if isinstance(error, ServeError):
-        return {"code": error.code, "message": str(error), "retry_after": error.retry_after}
+        return error_message(call_id, error)
     if isinstance(error, MemoryError) or "out of memory" in str(error).lower():
-        return {"code": "model_unavailable", "message": f"out of memory: {first_line(error)}"}
+        return error_message(call_id, UnavailableError(f"out of memory: {first_line(error)}"))
     traceback.print_exception(error)
-    return {"code": "internal_error", "message": f"{type(error).__name__}: {first_line(error)}"}
+    return error_message(call_id, ServeError(f"{type(error).__name__}: {first_line(error)}"))
 
 
 def first_line(error: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -177,8 +178,9 @@ def _openai_type(status: int) -> str:
 def serve_error_response(path: str, error: ServeError) -> Response:
     """A ServeError as a response, with Retry-After on 503 and 429."""
     headers = {}
-    if error.status in (429, 503):
-        headers["Retry-After"] = str(max(1, round(error.retry_after or 1)))
+    if error.status in (429, 503) and error.retry_after is not None:
+        # The real wait, rounded up; none when nothing will change by itself (a failed model).
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     fields = error.errors if isinstance(error, RequestValidationError) else None
     detail = [item.model_dump() for item in fields] if fields else None
     param = error.field if isinstance(error, RequestValidationError) else None
