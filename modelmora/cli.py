@@ -422,9 +422,7 @@ def ps(
     api_key: str | None = KEY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Show what a running server has loaded: state, memory, pid, expiry."""
-    import time
-
+    """Show what a running server has loaded: state, memory, pid, expiry, crash loops."""
     from rich.table import Table
 
     with _client(url, api_key) as client:
@@ -432,23 +430,35 @@ def ps(
     if as_json:
         return emit_json([model.model_dump(mode="json") for model in models])
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "task", "state", "memory", "pid", "device", "expires"):
+    for column in ("name", "task", "state", "memory", "pid", "device", "until", "error"):
         table.add_column(column)
     for model in models:
-        expires = (
-            "-" if model.expires_at is None else f"in {max(0, model.expires_at - time.time()):.0f}s"
-        )
         memory = human_size(model.memory_bytes) if model.memory_bytes else "-"
         table.add_row(
             model.name,
             model.task,
-            model.state,
+            _state(model.state, model.crash_streak),
             memory,
             str(model.pid or "-"),
             model.device or "-",
-            expires,
+            _until(model.expires_at, model.restart_at),
+            model.error or "",
         )
     _console().print(table)
+
+
+def _state(state: str, crash_streak: int) -> str:
+    """`restarting (crash 3 in a row)` for a crash loop, else the state."""
+    return f"{state} (crash {crash_streak} in a row)" if state == "restarting" else state
+
+
+def _until(expires_at: float | None, restart_at: float | None) -> str:
+    """When the next change comes: an idle unload, or a crashed worker's restart."""
+    import time
+
+    if restart_at is not None:
+        return f"restart in {max(0, restart_at - time.time()):.0f}s"
+    return "-" if expires_at is None else f"unload in {max(0, expires_at - time.time()):.0f}s"
 
 
 @app.command()

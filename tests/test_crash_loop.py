@@ -3,7 +3,11 @@ again after a backoff that doubles with each crash in a row; only a failing load
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -101,6 +105,15 @@ def test_http_retry_after_is_the_backoff_and_absent_for_a_failed_model() -> None
         waiting = http.post("/infer/crashy", json={})
         assert waiting.status_code == 503 and 20 < int(waiting.headers["Retry-After"]) <= 30
         assert http.get("/models/crashy").json()["state"] == "restarting"
+        ps = subprocess.run(
+            [sys.executable, "-m", "modelmora", "ps", "--url", base_url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "250"},
+        )
+        assert ps.returncode == 0, ps.stderr
+        assert "restarting (crash 2 in a row)" in ps.stdout, ps.stdout
+        assert re.search(r"restart in (2\d|30)s", ps.stdout), ps.stdout
 
         failed = http.post("/infer/broken", json={})
         assert failed.status_code == 503 and "Retry-After" not in failed.headers
