@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from modelmora.serve.batching import Batch, BatchOutput
 from modelmora.serve.config import BatchSettings
-from modelmora.serve.scheduler import Batch, BatchOutput, Scheduler
+from modelmora.serve.scheduler import Scheduler
 
 MODES = {
     "off": BatchSettings(max_batch_size=1, max_batch_delay_ms=0, max_queue=1024),

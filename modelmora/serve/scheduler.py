@@ -13,17 +13,22 @@ one gets its answer (504) now while the batch finishes for the others. A request
 gone (its awaiting task was cancelled, or its `is_disconnected` says so just before dispatch) is
 dropped before it is computed.
 
-Batching: a batch takes queued inputs highest priority first, up to `max_batch_size` inputs and
-`max_batch_tokens` padded tokens (longest estimate x count; tokens are estimated here as
-characters / 4, the worker tokenizes for real). A request counts by its inputs and may be split
-across batches; its results are put back in order. Only requests with equal options share a batch,
-so the dispatch sends one plain request per batch. A batch leaves when full or once its oldest
-request has waited `max_batch_delay_ms`; while `max_in_flight` batches compute, the next one fills.
-The delay is skipped after a batch of one: a lone client never waits for company that does not
-come, while clients in step (a batch of many answered at once) keep arriving together.
+Batching: what goes in a batch and when it leaves is planned in `modelmora.serve.batching`
+(pure functions); here the queues, timers and tasks carry the plan out. A request counts by its
+inputs and may be split across batches; its results are put back in order. While `max_in_flight`
+batches compute, the next one fills.
+
+Background requests (jobs) queue with the others, by priority, but never count against
+`max_queue` and are never refused: the job runner bounds them (a few per model), so a backlog of
+jobs can slow live requests but never make them 429. `on_start` is called, synchronously, when a
+request's computation starts (its first batch is dispatched, or its turn is granted): until then
+its caller may still withdraw it by cancelling its task.
 
 `turn()` is the unbatched path (streaming generation): a request that queues like the others, then
 holds one in-flight slot of its model while the caller talks to the worker itself.
+
+Batches run as tasks of one TaskGroup: a batch task that fails is logged and counted, and
+`close()` gives them the drain time, then cancels the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
+import logging
 import math
 import time
 from collections import deque
@@ -47,11 +52,24 @@ from modelmora.errors import (
     ServeError,
     UnavailableError,
 )
+from modelmora.serve.batching import (
+    Batch,
+    BatchOutput,
+    estimate_tokens,
+    is_batch_ready,
+    options_group,
+    plan_batch,
+    ready_at,
+    sending_order,
+    unsort,
+)
 from modelmora.serve.config import BatchSettings
+from modelmora.serve.tasks import TaskGroup
+
+logger = logging.getLogger("modelmora.serve.scheduler")
 
 LOW, NORMAL, HIGH, CRITICAL = 0, 1, 2, 3
 PRIORITIES = {"low": LOW, "normal": NORMAL, "high": HIGH, "critical": CRITICAL}
-CHARS_PER_TOKEN = 4
 MAX_RETRY_AFTER = 60
 
 
@@ -69,33 +87,7 @@ def parse_priority(value: int | str | None) -> int:
     return priority
 
 
-def estimate_tokens(text: str) -> int:
-    """About what a subword tokenizer makes of English text, cheap enough for the server process."""
-    return len(text) // CHARS_PER_TOKEN + 1
-
-
 # --- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What the dispatch sends to the worker as one request."""
-
-    model: str
-    inputs: tuple[str, ...]
-    options: Mapping[str, Any]
-    priority: int
-    """The highest priority in the batch."""
-    deadline: float
-    """time.monotonic() after which no request of the batch waits for it any more."""
-
-
-@dataclass(frozen=True)
-class BatchOutput:
-    outputs: Sequence[Any]
-    """One result per input of the batch, in the batch's order."""
-    timing: Mapping[str, float] = field(default_factory=dict)
-    """What the dispatch measured (load_ms, inference_ms...); summed into every request's timing."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +119,7 @@ class ModelStats:
     failed: int = 0
     """Requests whose batch raised."""
     rejected: int = 0
-    """Requests refused with 429 because the queue was full."""
+    """Requests refused with 429 because the queue was full (never a background one)."""
     expired_queued: int = 0
     expired_computing: int = 0
     dropped: int = 0
@@ -146,6 +138,7 @@ class ModelStats:
 
 Dispatch = Callable[[Batch], Awaitable[BatchOutput]]
 IsDisconnected = Callable[[], Awaitable[bool]]
+OnStart = Callable[[], None]
 
 
 # --- queued requests ----------------------------------------------------------------------------
@@ -166,6 +159,10 @@ class Request:
     future: asyncio.Future[Any]
     enqueued_at: float
     exclusive: bool = False
+    background: bool = False
+    """A job's request: it never counts against max_queue and is never refused."""
+    on_start: OnStart | None = None
+    """Called once, synchronously, when its first batch is dispatched or its turn granted."""
     taken: int = 0
     """Inputs handed to batches so far."""
     computing: int = 0
@@ -213,6 +210,8 @@ class ModelQueue:
         self.levels: dict[int, deque[Request]] = {p: deque() for p in sorted(PRIORITIES.values())}
         self.highest_first = [self.levels[p] for p in sorted(self.levels, reverse=True)]
         self.queued_inputs = 0
+        self.background_inputs = 0
+        """The part of queued_inputs that belongs to background requests."""
         self.queued_tokens = 0
         self.in_flight = 0
         self.delay_timer: asyncio.TimerHandle | None = None
@@ -224,6 +223,8 @@ class ModelQueue:
         self.levels[request.priority].append(request)
         self.queued_inputs += request.remaining
         self.queued_tokens += sum(request.tokens)
+        if request.background:
+            self.background_inputs += request.remaining
 
     def remove(self, request: Request) -> None:
         """Take a request out with whatever it has not had computed; safe to call twice."""
@@ -233,11 +234,15 @@ class ModelQueue:
         self.levels[request.priority].remove(request)
         self.queued_inputs -= request.remaining
         self.queued_tokens -= sum(request.tokens[request.taken :])
+        if request.background:
+            self.background_inputs -= request.remaining
 
     def take(self, request: Request, count: int) -> Chunk:
         chunk = Chunk(request, request.taken, count)
         self.queued_inputs -= count
         self.queued_tokens -= sum(chunk.tokens)
+        if request.background:
+            self.background_inputs -= count
         request.taken += count
         request.computing += 1
         if request.remaining == 0:
@@ -257,15 +262,13 @@ class ModelQueue:
                     return request
         return None
 
-    def batch_delay(self) -> float:
-        """Seconds a batch may wait to fill: none after a batch of one (one client at a time)."""
-        return 0.0 if self.last_batch_size == 1 else self.settings.max_batch_delay_ms / 1000
-
     def oldest_enqueued_at(self) -> float:
         return min(level[0].enqueued_at for level in self.levels.values() if level)
 
     def is_full_for(self, count: int) -> bool:
-        return self.queued_inputs > 0 and self.queued_inputs + count > self.settings.max_queue
+        """Whether a live request of `count` inputs finds no room; background inputs don't count."""
+        live = self.queued_inputs - self.background_inputs
+        return live > 0 and live + count > self.settings.max_queue
 
     def depth(self) -> dict[int, int]:
         return {priority: len(level) for priority, level in self.levels.items()}
@@ -282,62 +285,6 @@ class ModelQueue:
         self.inputs_per_second = rate if previous is None else 0.8 * previous + 0.2 * rate
 
 
-# --- batch formation ----------------------------------------------------------------------------
-
-
-def is_batch_ready(queue: ModelQueue, head: Request, now: float) -> bool:
-    """Full, or the oldest request has waited long enough, or the head will not batch anyway."""
-    settings = queue.settings
-    return (
-        head.exclusive
-        or queue.queued_inputs >= settings.max_batch_size
-        or queue.queued_tokens >= settings.max_batch_tokens
-        or now >= queue.oldest_enqueued_at() + queue.batch_delay()
-    )
-
-
-def plan_batch(queue: ModelQueue, head: Request) -> list[tuple[Request, int]]:
-    """Which requests, and how many of their inputs, the next batch takes."""
-    if head.exclusive:
-        return [(head, head.remaining)]
-    plan: list[tuple[Request, int]] = []
-    size, longest = 0, 0
-    for request in queue.in_priority_order():
-        if request.exclusive or request.group != head.group:
-            continue  # it heads a batch of its own later
-        count, longest = inputs_that_fit(request, size, longest, queue.settings)
-        if count == 0:
-            break
-        plan.append((request, count))
-        size += count
-        if size >= queue.settings.max_batch_size:
-            break
-    return plan
-
-
-def inputs_that_fit(
-    request: Request, size: int, longest: int, settings: BatchSettings
-) -> tuple[int, int]:
-    """How many of the request's next inputs fit the batch so far, and the longest then."""
-    count = 0
-    for tokens in request.tokens[request.taken :]:
-        if size + count >= settings.max_batch_size:
-            break
-        padded = max(longest, tokens) * (size + count + 1)
-        if padded > settings.max_batch_tokens and size + count > 0:
-            break
-        longest = max(longest, tokens)
-        count += 1
-    return count, longest
-
-
-def options_group(options: Mapping[str, Any]) -> str:
-    """Requests share a batch only when their options are equal."""
-    if not options:
-        return ""
-    return json.dumps(options, sort_keys=True, default=repr)
-
-
 # --- the scheduler ------------------------------------------------------------------------------
 
 
@@ -348,7 +295,8 @@ class Scheduler:
         self.dispatch = dispatch
         self.settings_for = settings_for
         self.queues: dict[str, ModelQueue] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskGroup("scheduler", logger)
+        """The batches under way, one task each."""
         self.is_closed = False
 
     # queries
@@ -374,18 +322,30 @@ class Scheduler:
         priority: int = NORMAL,
         deadline: float = math.inf,
         is_disconnected: IsDisconnected | None = None,
+        background: bool = False,
+        on_start: OnStart | None = None,
     ) -> SubmitResult:
         """Queue the inputs, wait for their batches, return one result per input in order.
 
-        `deadline` is a time.monotonic() value. Raises OverloadedError (queue full),
-        DeadlineExceededError, ClientDisconnectedError, UnavailableError (closed) or whatever
-        the dispatch raised for the request's batch.
+        `deadline` is a time.monotonic() value. Raises OverloadedError (queue full; never for a
+        `background` request), DeadlineExceededError, ClientDisconnectedError, UnavailableError
+        (closed) or whatever the dispatch raised for the request's batch.
         """
         if not inputs:
             raise InvalidInputError("a request needs at least one input", hint="send inputs")
         options = options or {}
         tokens = [estimate_tokens(text) for text in inputs]
-        request = self.enqueue(model, inputs, tokens, options, priority, deadline, is_disconnected)
+        request = self.enqueue(
+            model,
+            inputs,
+            tokens,
+            options,
+            priority,
+            deadline,
+            is_disconnected,
+            background=background,
+            on_start=on_start,
+        )
         result: SubmitResult = await self.wait_for(request)
         return result
 
@@ -397,9 +357,22 @@ class Scheduler:
         priority: int = NORMAL,
         deadline: float = math.inf,
         is_disconnected: IsDisconnected | None = None,
+        background: bool = False,
+        on_start: OnStart | None = None,
     ) -> AsyncIterator[Turn]:
         """Wait in the queue like one input, then hold one in-flight slot until the block ends."""
-        request = self.enqueue(model, ("",), [0], {}, priority, deadline, is_disconnected, True)
+        request = self.enqueue(
+            model,
+            ("",),
+            [0],
+            {},
+            priority,
+            deadline,
+            is_disconnected,
+            exclusive=True,
+            background=background,
+            on_start=on_start,
+        )
         queue = self.queue(model)
         granted: Turn = await self.wait_for(request)
         try:
@@ -408,17 +381,16 @@ class Scheduler:
             self.release(queue)
 
     async def close(self, drain_timeout: float | None = None) -> None:
-        """Refuse new requests, fail queued ones (503), let batches in flight finish or cancel."""
+        """Refuse new requests, fail queued ones (503), let batches in flight finish or cancel.
+
+        Batches get `drain_timeout` seconds (None: as long as they take), then are cancelled.
+        """
         self.is_closed = True
         for queue in self.queues.values():
             self.cancel_delay_timer(queue)
             for request in list(queue.in_priority_order()):
                 self.fail(queue, request, shutting_down())
-        if self.tasks:
-            _, late = await asyncio.wait(set(self.tasks), timeout=drain_timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        await self.tasks.close(math.inf if drain_timeout is None else drain_timeout)
 
     # queueing
 
@@ -437,7 +409,10 @@ class Scheduler:
         priority: int,
         deadline: float,
         is_disconnected: IsDisconnected | None,
+        *,
         exclusive: bool = False,
+        background: bool = False,
+        on_start: OnStart | None = None,
     ) -> Request:
         if self.is_closed:
             raise shutting_down()
@@ -447,7 +422,8 @@ class Scheduler:
         if deadline <= time.monotonic():
             queue.stats.expired_queued += 1
             raise past_deadline(model, "before it was queued")
-        self.refuse_if_full(queue, len(inputs))
+        if not background:
+            self.refuse_if_full(queue, len(inputs))
         loop = asyncio.get_running_loop()
         request = Request(
             model=model,
@@ -461,6 +437,8 @@ class Scheduler:
             future=loop.create_future(),
             enqueued_at=loop.time(),
             exclusive=exclusive,
+            background=background,
+            on_start=on_start,
             outputs=[None] * len(inputs),
         )
         queue.add(request)
@@ -474,8 +452,9 @@ class Scheduler:
         if queue.is_full_for(count):
             queue.stats.rejected += 1
             retry_after = queue.retry_after()
+            live = queue.queued_inputs - queue.background_inputs
             raise OverloadedError(
-                f"model '{queue.name}' has {queue.queued_inputs} inputs queued, the most it takes"
+                f"model '{queue.name}' has {live} inputs queued, the most it takes"
                 f" is {queue.settings.max_queue}",
                 hint=f"retry after {retry_after} s, or raise max_queue for the model",
                 retry_after=retry_after,
@@ -535,13 +514,14 @@ class Scheduler:
             if not is_batch_ready(queue, head, loop.time()):
                 self.arm_delay_timer(queue)
                 return
-            chunks = [queue.take(request, count) for request, count in plan_batch(queue, head)]
+            plan = plan_batch(queue.in_priority_order(), head, queue.settings)
+            chunks = [queue.take(request, count) for request, count in plan]
             queue.in_flight += 1
-            self.spawn(self.run_batch(queue, chunks))
+            self.tasks.start(self.run_batch(queue, chunks), queue.name)
 
     def arm_delay_timer(self, queue: ModelQueue) -> None:
         if queue.delay_timer is None:
-            when = queue.oldest_enqueued_at() + queue.batch_delay()
+            when = ready_at(queue)
             queue.delay_timer = asyncio.get_running_loop().call_at(when, self.on_delay, queue)
 
     def on_delay(self, queue: ModelQueue) -> None:
@@ -552,11 +532,6 @@ class Scheduler:
         if queue.delay_timer is not None:
             queue.delay_timer.cancel()
             queue.delay_timer = None
-
-    def spawn(self, coroutine: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     async def run_batch(self, queue: ModelQueue, chunks: list[Chunk]) -> None:
         granted = False
@@ -576,21 +551,22 @@ class Scheduler:
                 self.release(queue)
 
     async def without_disconnected(self, queue: ModelQueue, chunks: list[Chunk]) -> list[Chunk]:
-        kept = []
+        """The chunks still wanted; the caller dispatches them before anything else can run."""
         for chunk in chunks:
             request = chunk.request
-            if request.is_disconnected is not None and await request.is_disconnected():
+            is_disconnected = request.is_disconnected
+            if is_disconnected is not None and not request.is_done and await is_disconnected():
                 self.drop(queue, request)
-            elif not request.is_done:
-                kept.append(chunk)
-        return kept
+        return [chunk for chunk in chunks if not chunk.request.is_done]
 
     async def compute(self, queue: ModelQueue, chunks: list[Chunk]) -> None:
         inputs = [text for chunk in chunks for text in chunk.inputs]
-        order = sending_order(chunks, queue.settings.sort_by_length)
+        order = None
+        if queue.settings.sort_by_length:
+            order = sending_order([count for chunk in chunks for count in chunk.tokens])
         batch = Batch(
             model=queue.name,
-            inputs=tuple(inputs[i] for i in order),
+            inputs=tuple(inputs) if order is None else tuple(inputs[i] for i in order),
             options=chunks[0].request.options,
             priority=max(chunk.request.priority for chunk in chunks),
             deadline=max(chunk.request.deadline for chunk in chunks),
@@ -599,7 +575,7 @@ class Scheduler:
         started = loop.time()
         for chunk in chunks:
             if chunk.request.dispatched_at is None:
-                chunk.request.dispatched_at = started
+                self.note_started(chunk.request, started)
         output = await self.dispatch(batch)
         if len(output.outputs) != len(inputs):
             raise ServeError(
@@ -607,7 +583,17 @@ class Scheduler:
                 f" {len(inputs)} inputs"
             )
         self.note_batch(queue, len(inputs), loop.time() - started)
-        self.deliver(queue, chunks, unsort(output.outputs, order), output.timing)
+        outputs = output.outputs if order is None else unsort(output.outputs, order)
+        self.deliver(queue, chunks, outputs, output.timing)
+
+    def note_started(self, request: Request, now: float) -> None:
+        """The request's computation starts: tell its caller, who may no longer withdraw it."""
+        request.dispatched_at = now
+        if request.on_start is not None:
+            try:
+                request.on_start()
+            except Exception:  # the caller's bookkeeping must not fail the others' batch
+                logger.exception("on_start of a '%s' request failed", request.model)
 
     def note_batch(self, queue: ModelQueue, size: int, seconds: float) -> None:
         stats = queue.stats
@@ -622,7 +608,7 @@ class Scheduler:
         self,
         queue: ModelQueue,
         chunks: list[Chunk],
-        outputs: list[Any],
+        outputs: Sequence[Any],
         timing: Mapping[str, float],
     ) -> None:
         offset = 0
@@ -659,6 +645,7 @@ class Scheduler:
 
     def grant_turn(self, queue: ModelQueue, request: Request) -> bool:
         now = asyncio.get_running_loop().time()
+        self.note_started(request, now)
         queue.stats.completed += 1
         queue.stats.queue_seconds += now - request.enqueued_at
         request.future.set_result(Turn(queue_ms=(now - request.enqueued_at) * 1000))
@@ -687,22 +674,6 @@ class Scheduler:
         queue.in_flight -= 1
         if not self.is_closed:
             self.pump(queue)
-
-
-def sending_order(chunks: list[Chunk], longest_first: bool) -> list[int]:
-    """Positions of the batch's inputs as sent: as queued, or longest first."""
-    tokens = [count for chunk in chunks for count in chunk.tokens]
-    if not longest_first:
-        return list(range(len(tokens)))
-    return sorted(range(len(tokens)), key=lambda i: -tokens[i])
-
-
-def unsort(outputs: Sequence[Any], order: list[int]) -> list[Any]:
-    """Results in queued order again, from results in the order the batch was sent."""
-    restored: list[Any] = [None] * len(order)
-    for position, index in enumerate(order):
-        restored[index] = outputs[position]
-    return restored
 
 
 def as_request_error(error: BaseException) -> BaseException:

@@ -24,7 +24,8 @@ from starlette.requests import Request
 
 from modelmora.errors import ServeError
 from modelmora.serve.api.http import AppState, app_state
-from modelmora.serve.scheduler import Batch, BatchOutput, IsDisconnected, parse_priority
+from modelmora.serve.batching import Batch, BatchOutput
+from modelmora.serve.scheduler import IsDisconnected, OnStart, parse_priority
 from modelmora.serve.supervisor import InferenceResult, Supervisor
 
 PER_INPUT = {"embedding": "embeddings", "text-classification": "predictions"}
@@ -42,6 +43,10 @@ class Admission:
     deadline: float
     """time.monotonic() at which it is answered 504 if it is still waiting."""
     is_disconnected: IsDisconnected | None = None
+    background: bool = False
+    """A job: it never counts against the model's max_queue and is never refused."""
+    on_start: OnStart | None = None
+    """Called when its computation starts (its batch is dispatched, or its turn granted)."""
 
 
 def admission(

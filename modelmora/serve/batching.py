@@ -1,0 +1,161 @@
+"""How a batch is planned: which queued inputs go together, in what order. Pure functions.
+
+The scheduler owns the queues, the clock and the futures; it asks this module whether a batch
+should leave now (`is_batch_ready`), which requests and how many of their inputs it takes
+(`plan_batch`), and in what order the inputs travel (`sending_order`, `unsort`). Nothing here
+awaits or reads the time, so each rule is tested with plain values.
+
+A batch takes queued inputs highest priority first, up to `max_batch_size` inputs and
+`max_batch_tokens` padded tokens (longest estimate x count; tokens are estimated as characters / 4,
+the worker tokenizes for real). Only requests with equal options share a batch. A batch leaves when
+full, or once its oldest request has waited `max_batch_delay_ms`; the delay is skipped after a
+batch of one, so a lone client never waits for company that does not come.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from modelmora.serve.config import BatchSettings
+
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What the dispatch sends to the worker as one request."""
+
+    model: str
+    inputs: tuple[str, ...]
+    options: Mapping[str, Any]
+    priority: int
+    """The highest priority in the batch."""
+    deadline: float
+    """time.monotonic() after which no request of the batch waits for it any more."""
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    outputs: Sequence[Any]
+    """One result per input of the batch, in the batch's order."""
+    timing: Mapping[str, float] = field(default_factory=dict)
+    """What the dispatch measured (load_ms, inference_ms...); summed into every request's timing."""
+
+
+class Queued(Protocol):
+    """What planning reads of a queued request."""
+
+    @property
+    def group(self) -> str: ...
+    @property
+    def exclusive(self) -> bool:
+        """It holds the model alone (a turn): never batched with others."""
+
+    @property
+    def tokens(self) -> Sequence[int]: ...
+    @property
+    def taken(self) -> int:
+        """Inputs already handed to batches; the rest are still queued."""
+
+
+class QueueLoad(Protocol):
+    """What planning reads of a model's queue."""
+
+    @property
+    def settings(self) -> BatchSettings: ...
+    @property
+    def queued_inputs(self) -> int: ...
+    @property
+    def queued_tokens(self) -> int: ...
+    @property
+    def last_batch_size(self) -> int | None: ...
+    def oldest_enqueued_at(self) -> float: ...
+
+
+QueuedT = TypeVar("QueuedT", bound=Queued)
+
+
+def estimate_tokens(text: str) -> int:
+    """About what a subword tokenizer makes of English text, cheap enough for the server process."""
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+def options_group(options: Mapping[str, Any]) -> str:
+    """Requests share a batch only when their options are equal."""
+    if not options:
+        return ""
+    return json.dumps(options, sort_keys=True, default=repr)
+
+
+def batch_delay(settings: BatchSettings, last_batch_size: int | None) -> float:
+    """Seconds a batch may wait to fill: none after a batch of one (one client at a time)."""
+    return 0.0 if last_batch_size == 1 else settings.max_batch_delay_ms / 1000
+
+
+def ready_at(queue: QueueLoad) -> float:
+    """When the batch leaves even if it is not full: its oldest request has waited long enough."""
+    return queue.oldest_enqueued_at() + batch_delay(queue.settings, queue.last_batch_size)
+
+
+def is_batch_ready(queue: QueueLoad, head: Queued, now: float) -> bool:
+    """Full, or the oldest request has waited long enough, or the head will not batch anyway."""
+    settings = queue.settings
+    return (
+        head.exclusive
+        or queue.queued_inputs >= settings.max_batch_size
+        or queue.queued_tokens >= settings.max_batch_tokens
+        or now >= ready_at(queue)
+    )
+
+
+def plan_batch(
+    in_priority_order: Iterable[QueuedT], head: QueuedT, settings: BatchSettings
+) -> list[tuple[QueuedT, int]]:
+    """Which requests, and how many of their inputs, the next batch takes."""
+    if head.exclusive:
+        return [(head, len(head.tokens) - head.taken)]
+    plan: list[tuple[QueuedT, int]] = []
+    size, longest = 0, 0
+    for request in in_priority_order:
+        if request.exclusive or request.group != head.group:
+            continue  # it heads a batch of its own later
+        count, longest = inputs_that_fit(request, size, longest, settings)
+        if count == 0:
+            break
+        plan.append((request, count))
+        size += count
+        if size >= settings.max_batch_size:
+            break
+    return plan
+
+
+def inputs_that_fit(
+    request: Queued, size: int, longest: int, settings: BatchSettings
+) -> tuple[int, int]:
+    """How many of the request's next inputs fit the batch so far, and the longest then."""
+    count = 0
+    for tokens in request.tokens[request.taken :]:
+        if size + count >= settings.max_batch_size:
+            break
+        padded = max(longest, tokens) * (size + count + 1)
+        if padded > settings.max_batch_tokens and size + count > 0:
+            break
+        longest = max(longest, tokens)
+        count += 1
+    return count, longest
+
+
+def sending_order(tokens: Sequence[int]) -> list[int]:
+    """Positions of the batch's inputs as sent longest first (`sort_by_length`); ties keep order."""
+    return sorted(range(len(tokens)), key=lambda i: -tokens[i])
+
+
+def unsort(outputs: Sequence[Any], order: list[int]) -> list[Any]:
+    """Results in queued order again, from results in the order the batch was sent."""
+    restored: list[Any] = [None] * len(order)
+    for position, index in enumerate(order):
+        restored[index] = outputs[position]
+    return restored
