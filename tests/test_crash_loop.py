@@ -53,7 +53,24 @@ def test_a_crash_loop_backs_off_and_keeps_restarting_instead_of_failing() -> Non
     run(scenario())
 
 
-def test_while_it_backs_off_requests_fail_at_once_with_the_real_wait() -> None:
+def test_a_request_whose_deadline_allows_waits_out_the_backoff() -> None:
+    async def scenario() -> None:
+        backoff = {"restart_backoff": 0.3, "max_restart_backoff": 0.3}
+        async with serving(served("crashy", "CrashRuntime"), **backoff) as supervisor:
+            with pytest.raises(UnavailableError):
+                await supervisor.infer("crashy", {"exit": 7})
+            await eventually(lambda: supervisor.status("crashy").state == "ready")
+            with pytest.raises(UnavailableError, match="crash 2 in a row; restarts in 0.3 s"):
+                await supervisor.infer("crashy", {"exit": 7})
+            served_after = await supervisor.infer("crashy", {"text": "patient"}, timeout=30)
+            assert served_after.result["echo"] == {"text": "patient"}
+            status = supervisor.status("crashy")
+            assert (status.state, status.crashes, status.crash_streak) == ("ready", 2, 2)
+
+    run(scenario())
+
+
+def test_a_deadline_shorter_than_the_backoff_fails_at_once_with_the_real_wait() -> None:
     async def scenario() -> None:
         backoff = {"restart_backoff": 30.0, "max_restart_backoff": 30.0}
         async with serving(served("crashy", "CrashRuntime"), **backoff) as supervisor:
@@ -65,7 +82,7 @@ def test_while_it_backs_off_requests_fail_at_once_with_the_real_wait() -> None:
             status = supervisor.status("crashy")
             assert status.state == "restarting" and status.restart_at is not None
             with pytest.raises(UnavailableError, match="is restarting") as waiting:
-                await supervisor.infer("crashy", {})
+                await supervisor.infer("crashy", {}, timeout=5)
             assert waiting.value.retry_after is not None and 20 < waiting.value.retry_after <= 30
             ready, reasons = supervisor.is_ready()
             assert not ready and "is crash-looping" in reasons[0]
@@ -102,7 +119,7 @@ def test_http_retry_after_is_the_backoff_and_absent_for_a_failed_model() -> None
         assert http.post("/infer/crashy", json={"exit": 7}).status_code == 503
         wait_for(lambda: http.get("/models/crashy").json()["state"] == "ready")  # restarted
         assert http.post("/infer/crashy", json={"exit": 7}).status_code == 503
-        waiting = http.post("/infer/crashy", json={})
+        waiting = http.post("/infer/crashy", json={"timeout": 5})
         assert waiting.status_code == 503 and 20 < int(waiting.headers["Retry-After"]) <= 30
         assert http.get("/models/crashy").json()["state"] == "restarting"
         ps = subprocess.run(

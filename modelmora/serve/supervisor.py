@@ -200,6 +200,7 @@ class Supervisor:
         """Load by hand: also the way out of `failed` and of a crash loop's backoff."""
         slot = self.slot(name)
         slot.forget_failure()
+        self.notify()  # a restart waiting out its backoff gives way
         await self.wait_for_unload(slot, Deadline(0))
         slot.keep_alive = self.default_keep_alive(slot.model)
         await asyncio.shield(self.load_task(slot))
@@ -212,6 +213,7 @@ class Supervisor:
             await asyncio.wait([slot.loading])
         await self.end_slot(slot, "unload")
         slot.forget_failure()
+        self.notify()  # a restart waiting out its backoff is called off
         return self.status(name)
 
     # requests
@@ -309,15 +311,24 @@ class Supervisor:
         worker = slot.serving_worker
         if worker is not None and slot.unloading is None:
             return worker, 0.0
-        if (wait := slot.restart_in()) > 0:
-            raise UnavailableError(
-                f"model '{slot.name}' is restarting: {slot.error}", retry_after=wait
-            )
         started = time.monotonic()
+        await self.wait_for_restart(slot, deadline)
         await self.wait_for_unload(slot, deadline)
         loading = asyncio.shield(self.load_task(slot))
         worker = await deadline.run(loading, slot.name, "the model is still loading")
         return worker, (time.monotonic() - started) * 1000
+
+    async def wait_for_restart(self, slot: Slot, deadline: Deadline) -> None:
+        """Wait out a crash loop's backoff when the deadline allows, else 503 with the real wait."""
+        wait = slot.restart_in()
+        if wait <= 0:
+            return
+        remaining = deadline.remaining()
+        if remaining is not None and remaining <= wait:
+            raise UnavailableError(
+                f"model '{slot.name}' is restarting: {slot.error}", retry_after=wait
+            )
+        await self.wait_until(lambda: self.is_stopping or slot.restart_in() == 0, wait)
 
     async def wait_for_unload(self, slot: Slot, deadline: Deadline) -> None:
         while slot.unloading is not None:
@@ -555,7 +566,7 @@ class Supervisor:
 
     async def restart(self, slot: Slot, delay: float) -> None:
         """After the backoff, load the model again, unless someone loaded or unloaded it since."""
-        await self.wait_until(lambda: self.is_stopping or slot.state != "restarting", delay)
+        await self.wait_until(lambda: self.is_stopping or slot.restart_in() == 0, delay)
         if self.is_stopping or slot.state != "restarting":
             return
         slot.restart_at = None
