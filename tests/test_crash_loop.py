@@ -8,26 +8,17 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import httpx
 import pytest
 from liveserver import serve
-from test_supervisor import eventually, run, served, serving
+from test_supervisor import run, served, serving
+from waiting import eventually, eventually_async
 
 from modelmora.errors import UnavailableError
 from modelmora.serve.app import create_app
 from modelmora.serve.config import ServerSettings, SupervisorSettings
 from modelmora.serve.supervisor import Supervisor
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < give_up, "condition not met in time"
-        time.sleep(0.02)
-
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +28,7 @@ def test_a_crash_loop_backs_off_and_keeps_restarting_instead_of_failing() -> Non
         backoff = {"restart_backoff": 0.05, "max_restart_backoff": 0.1}
         async with serving(served("crashy", "CrashRuntime"), **backoff) as supervisor:
             for streak, kill in enumerate([{"exit": 7}, {"signal": signal.SIGSEGV}] * 2, 1):
-                await eventually(lambda: supervisor.status("crashy").state != "restarting")
+                await eventually_async(lambda: supervisor.status("crashy").state != "restarting")
                 with pytest.raises(UnavailableError, match="crashed") as error:
                     await supervisor.infer("crashy", kill)
                 assert error.value.retry_after is not None and error.value.retry_after >= 1
@@ -45,7 +36,7 @@ def test_a_crash_loop_backs_off_and_keeps_restarting_instead_of_failing() -> Non
                 assert (status.crashes, status.crash_streak) == (streak, streak)
                 assert status.state in ("restarting", "loading", "ready")
             assert "crash 4 in a row; restarts in 0.1 s" in (status.error or "")  # capped
-            await eventually(lambda: supervisor.status("crashy").state == "ready")
+            await eventually_async(lambda: supervisor.status("crashy").state == "ready")
             assert (await supervisor.infer("crashy", {"text": "back"})).result["echo"] == {
                 "text": "back"
             }
@@ -59,8 +50,8 @@ def test_a_request_whose_deadline_allows_waits_out_the_backoff() -> None:
         async with serving(served("crashy", "CrashRuntime"), **backoff) as supervisor:
             with pytest.raises(UnavailableError):
                 await supervisor.infer("crashy", {"exit": 7})
-            await eventually(lambda: supervisor.status("crashy").state == "ready")
-            with pytest.raises(UnavailableError, match="crash 2 in a row; restarts in 0.3 s"):
+            await eventually_async(lambda: supervisor.status("crashy").state == "ready")
+            with pytest.raises(UnavailableError, match=r"crash 2 in a row; restarts in 0\.3 s"):
                 await supervisor.infer("crashy", {"exit": 7})
             served_after = await supervisor.infer("crashy", {"text": "patient"}, timeout=30)
             assert served_after.result["echo"] == {"text": "patient"}
@@ -76,7 +67,7 @@ def test_a_deadline_shorter_than_the_backoff_fails_at_once_with_the_real_wait() 
         async with serving(served("crashy", "CrashRuntime"), **backoff) as supervisor:
             with pytest.raises(UnavailableError):
                 await supervisor.infer("crashy", {"exit": 7})  # first crash: back at once
-            await eventually(lambda: supervisor.status("crashy").state == "ready")
+            await eventually_async(lambda: supervisor.status("crashy").state == "ready")
             with pytest.raises(UnavailableError, match="restarts in 30 s"):
                 await supervisor.infer("crashy", {"exit": 7})
             status = supervisor.status("crashy")
@@ -96,7 +87,7 @@ def test_a_worker_that_ran_stably_starts_a_new_streak() -> None:
     async def scenario() -> None:
         async with serving(served("crashy", "CrashRuntime"), stable_after=0.0) as supervisor:
             for crashes in (1, 2, 3):
-                await eventually(lambda: supervisor.status("crashy").state != "restarting")
+                await eventually_async(lambda: supervisor.status("crashy").state != "restarting")
                 with pytest.raises(UnavailableError):
                     await supervisor.infer("crashy", {"signal": signal.SIGKILL})
                 status = supervisor.status("crashy")
@@ -117,7 +108,7 @@ def test_http_retry_after_is_the_backoff_and_absent_for_a_failed_model() -> None
     with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=60) as http:
         http.post("/models/crashy/load").raise_for_status()
         assert http.post("/infer/crashy", json={"exit": 7}).status_code == 503
-        wait_for(lambda: http.get("/models/crashy").json()["state"] == "ready")  # restarted
+        eventually(lambda: http.get("/models/crashy").json()["state"] == "ready")  # restarted
         assert http.post("/infer/crashy", json={"exit": 7}).status_code == 503
         waiting = http.post("/infer/crashy", json={"timeout": 5})
         assert waiting.status_code == 503 and 20 < int(waiting.headers["Retry-After"]) <= 30
