@@ -1,7 +1,8 @@
 """Async jobs, kept in SQLite so that a job once accepted runs, across crashes and restarts.
 
     create() ──► queued ──mark_running()──► running ──► succeeded | failed
-                   └──cancel()──► cancelled          a restart puts running jobs back to queued
+                   ├──cancel()──► cancelled          a restart puts running jobs back to queued
+                   └──mark_failed()──► failed        it failed before it started (its deadline)
 
 One file (`.modelmora/jobs.sqlite3` in the project; the path is given) in WAL mode with
 synchronous=FULL: `create()` returns once the job is committed and on disk, so a 202 never lies.
@@ -61,7 +62,8 @@ class Job:
     input: Any
     priority: int
     timeout: float | None
-    """Seconds a run may take once started; None means the server's default."""
+    """Seconds the job may take from when the runner takes it for its model (it may still wait in
+    the model's queue then); None means the server's default."""
     state: JobState
     created_at: float
     """Unix time, like started_at and finished_at."""
@@ -158,10 +160,11 @@ class JobStore:
         return await self._run(self._mark_running, job_id)
 
     async def mark_succeeded(self, job_id: str, result: Any) -> Job:
+        """Finish a running (or, if its start was never written, queued) job with its result."""
         return await self._run(self._finish, job_id, "succeeded", _dump(result), None)
 
     async def mark_failed(self, job_id: str, error: Mapping[str, Any]) -> Job:
-        """`error` as the API shows it, e.g. {"code", "message"}."""
+        """Finish a queued or running job; `error` as the API shows it, e.g. {"code", "message"}."""
         return await self._run(self._finish, job_id, "failed", None, _dump(error))
 
     async def requeue_interrupted(self) -> list[Job]:
@@ -253,7 +256,7 @@ class JobStore:
     def _finish(self, job_id: str, state: JobState, result: str | None, error: str | None) -> Job:
         self._db.execute(
             "UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?"
-            " WHERE id = ? AND state = 'running'",
+            " WHERE id = ? AND state IN ('queued', 'running')",
             (state, time.time(), result, error, job_id),
         )
         return self._get(job_id)

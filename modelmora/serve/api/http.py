@@ -22,7 +22,7 @@ from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import Supervisor
 
 if TYPE_CHECKING:
-    from modelmora.serve.api.jobs import JobRunner
+    from modelmora.serve.jobrunner import JobRunner
 
 API_VERSION = "1"
 API_VERSION_HEADER = "X-ModelMora-API-Version"
