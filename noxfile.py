@@ -1,4 +1,5 @@
-"""Development sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`."""
+"""Development sessions: `nox -s tests`, `nox -s tests_fast`, `nox -s lint`, `nox -s typecheck`,
+`nox -s bench`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite."""
+    """Run the whole test suite with coverage, as CI does (`.ci/run`)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "--cov", *session.posargs)
+
+
+@nox.session
+def tests_fast(session: nox.Session) -> None:
+    """Run the tests not marked slow, in seconds: `nox -s tests_fast -- tests/test_manifest.py`."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "not slow", *session.posargs)
 
 
 @nox.session
