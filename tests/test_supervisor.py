@@ -65,9 +65,6 @@ async def serving(*models: ServedModel, **settings: Any) -> AsyncIterator[Superv
         await supervisor.stop()
 
 
-eventually = eventually_async  # test_crash_loop's import, until it imports from waiting
-
-
 def is_gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
