@@ -424,6 +424,7 @@ class StandInSupervisor:
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error or UnavailableError("not used")
         self.settings = SupervisorSettings()
+        self.task_groups: list[Any] = []
 
     async def start(self) -> None: ...
 

@@ -64,3 +64,20 @@ def test_close_lets_tasks_finish_within_the_grace_then_cancels_the_rest() -> Non
         assert stuck.cancelled() and not group.tasks
 
     asyncio.run(scenario())
+
+
+def test_failures_are_a_prometheus_counter_per_owner() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from modelmora.serve.api.telemetry import TaskCollector
+
+    async def scenario() -> TaskGroup:
+        group = TaskGroup("scheduler", logging.getLogger("modelmora.test"))
+        await asyncio.gather(group.start(fail(OSError("gone")), "batch"), return_exceptions=True)
+        return group
+
+    group = asyncio.run(scenario())
+    registry = CollectorRegistry()
+    registry.register(TaskCollector([group]))
+    text = generate_latest(registry).decode()
+    assert 'modelmora_background_task_failures_total{owner="scheduler"} 1.0' in text

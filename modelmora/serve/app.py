@@ -32,6 +32,7 @@ from modelmora.serve.api.openapi import document_routes, openapi_document
 from modelmora.serve.api.schemas import NativeError
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
 from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
+from modelmora.serve.jobrunner import job_runner
 from modelmora.serve.jobstore import JobStore
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import ServedModel, Supervisor
@@ -59,8 +60,10 @@ def create_app(
     state = AppState(supervisor=supervisor, settings=settings, scheduler=scheduler)
     if jobs_path is not None:
         store = JobStore(jobs_path, retention=settings.job_retention)
-        state = dataclasses.replace(state, jobs=jobs.job_runner(state, store))
-    metrics = Metrics(supervisor, scheduler)
+        state = dataclasses.replace(state, jobs=job_runner(state, store))
+    groups = [*supervisor.task_groups, scheduler.tasks]
+    groups += [state.jobs.tasks] if state.jobs is not None else []
+    metrics = Metrics(supervisor, scheduler, groups)
     document = openapi_document(
         ENDPOINTS, title="ModelMora", version=__version__, error=NativeError
     )

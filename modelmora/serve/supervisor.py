@@ -167,6 +167,11 @@ class Supervisor:
     def add_listener(self, callback: Listener) -> None:
         self.listeners.append(callback)
 
+    @property
+    def task_groups(self) -> list[TaskGroup]:
+        """The owners of the supervisor's background tasks, for the failure metric."""
+        return [self.tasks, self.watchers]
+
     # lifecycle
 
     async def start(self) -> None:

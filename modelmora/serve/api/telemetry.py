@@ -7,7 +7,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar, cast
 
@@ -29,6 +29,7 @@ from modelmora.serve.api.http import API_VERSION, API_VERSION_HEADER, error_resp
 from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.scheduler import PRIORITIES, ModelStats, Scheduler
 from modelmora.serve.supervisor import InferenceResult, Supervisor
+from modelmora.serve.tasks import TaskGroup
 
 access_log = logging.getLogger("modelmora.access")
 error_log = logging.getLogger("modelmora.serve.app")
@@ -41,7 +42,9 @@ _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 class Metrics:
     """The app's own Prometheus registry: never the global one, so two apps stay apart."""
 
-    def __init__(self, supervisor: Supervisor, scheduler: Scheduler) -> None:
+    def __init__(
+        self, supervisor: Supervisor, scheduler: Scheduler, task_groups: Sequence[TaskGroup] = ()
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = self._counter("requests", "HTTP requests.", "endpoint", "model", "status")
         self.latency = self._histogram(
@@ -74,6 +77,7 @@ class Metrics:
         )
         self.registry.register(WorkerCollector(supervisor))
         self.registry.register(SchedulerCollector(supervisor, scheduler))
+        self.registry.register(TaskCollector(task_groups))
         ProcessCollector(registry=self.registry)
         supervisor.add_listener(self.on_model_event)
 
@@ -187,6 +191,23 @@ class SchedulerCollector(Collector):
         for name, numbers in stats.items():
             family.add_metric([name], size_buckets(numbers.batch_sizes), numbers.batched_inputs)
         return family
+
+
+class TaskCollector(Collector):
+    """Background tasks that failed, per owner: each was logged with its traceback when it did."""
+
+    def __init__(self, groups: Sequence[TaskGroup]) -> None:
+        self.groups = groups
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "modelmora_background_task_failures",
+            "Background tasks (loads, batches, jobs) that failed; the log has each traceback.",
+            labels=["owner"],
+        )
+        for group in self.groups:
+            family.add_metric([group.name], group.failures)
+        yield family
 
 
 def size_buckets(counts: dict[int, int]) -> list[tuple[str, float]]:
