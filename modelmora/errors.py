@@ -6,7 +6,8 @@
     ├── SourceError          a source cannot be resolved or fetched
     │   ├── NotFoundError    the repository, revision or file does not exist
     │   ├── OfflineError     offline mode and the data is not in the cache
-    │   └── UnsafeFileError  pickle weights or a path that escapes the snapshot
+    │   ├── UnsafeFileError  pickle weights or a path that escapes the snapshot
+    │   └── TransientError   a reset, a timeout, HTTP 429 or 5xx: retried, then reported
     ├── IntegrityError       bytes do not match their sha256
     ├── CacheError           the cache is in a state we cannot use
     └── ServeError           a request cannot be served (carries an HTTP status and a code)
@@ -55,6 +56,16 @@ class OfflineError(SourceError):
 
 class UnsafeFileError(SourceError):
     pass
+
+
+class TransientError(SourceError):
+    """A failure that may pass if tried again: a dropped connection, a timeout, HTTP 429 or 5xx."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.retry_after = retry_after
 
 
 class IntegrityError(ModelmoraError):

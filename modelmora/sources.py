@@ -28,7 +28,13 @@ from modelmora.cache import (
     check_relative,
     tree_digest,
 )
-from modelmora.errors import NotFoundError, OfflineError, SourceError, UnsafeFileError
+from modelmora.errors import (
+    NotFoundError,
+    OfflineError,
+    SourceError,
+    TransientError,
+    UnsafeFileError,
+)
 from modelmora.files import CHUNK, sha256_file
 from modelmora.lockfile import LockedFile, LockedModel
 from modelmora.manifest import PICKLE_SUFFIXES, ModelSpec, split_revision
@@ -51,16 +57,6 @@ _PIPELINE_TASKS = {
     "text2text-generation": "text-generation",
     "text-classification": "text-classification",
 }
-
-
-class TransientError(SourceError):
-    """A failure that may pass if tried again: a dropped connection, a timeout, HTTP 429 or 5xx."""
-
-    def __init__(
-        self, message: str, hint: str | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, hint)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
