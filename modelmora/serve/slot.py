@@ -9,6 +9,7 @@ the rest. The crash policy is the pure function `restart_delay`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelmora.serve.config import BatchSettings, SupervisorSettings
 from modelmora.serve.placement import Occupant
-from modelmora.serve.status import ModelState
+from modelmora.serve.status import Batching, ModelState, ModelStatus
 
 if TYPE_CHECKING:
     from modelmora.serve.launcher import Worker
@@ -102,6 +103,36 @@ class Slot:
     @property
     def occupies_room(self) -> bool:
         return self.worker is not None or self.holds_room
+
+    def status(self) -> ModelStatus:
+        """The public record of this model (its queue is the scheduler's to add)."""
+        worker = self.serving_worker
+        restart_in = self.restart_in() if self.state == "restarting" else None
+        return ModelStatus(
+            name=self.name,
+            task=self.model.task,
+            source=self.model.source,
+            revision=self.model.revision,
+            state=self.state,
+            pid=self.worker.pid if self.worker else None,
+            device=worker.device if worker else None,
+            memory_bytes=worker.memory_bytes if worker else None,
+            loaded_at=self.loaded_at if worker else None,
+            last_used=self.last_used,
+            expires_at=self.expires_at if worker else None,
+            in_flight=self.in_flight,
+            requests_total=self.requests_total,
+            requests_failed=self.requests_failed,
+            loads=self.loads,
+            unloads=self.unloads,
+            crashes=self.crashes,
+            crash_streak=self.crash_streak,
+            restart_at=None if restart_in is None else time.time() + restart_in,
+            last_crash=self.last_crash,
+            last_load_ms=self.last_load_ms,
+            error=self.error,
+            batching=Batching.model_validate(dataclasses.asdict(self.model.batching)),
+        )
 
     def restart_in(self) -> float:
         """Seconds until a crashed worker starts again (0 when it is not waiting to)."""

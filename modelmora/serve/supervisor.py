@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -36,7 +35,7 @@ from modelmora.serve.launcher import Call, Launcher, Worker
 from modelmora.serve.placement import Limits, evictions_for, fits, over_budget
 from modelmora.serve.protocol import EXIT_LOAD_FAILED, ReadyMessage
 from modelmora.serve.slot import ServedModel, Slot
-from modelmora.serve.status import Batching, ModelStatus
+from modelmora.serve.status import ModelStatus
 from modelmora.serve.tasks import TaskGroup
 
 logger = logging.getLogger("modelmora.supervisor")
@@ -116,34 +115,7 @@ class Supervisor:
         return self.slot(name).model
 
     def status(self, name: str) -> ModelStatus:
-        slot = self.slot(name)
-        worker = slot.serving_worker
-        restart_in = slot.restart_in() if slot.state == "restarting" else None
-        return ModelStatus(
-            name=slot.name,
-            task=slot.model.task,
-            source=slot.model.source,
-            revision=slot.model.revision,
-            state=slot.state,
-            pid=slot.worker.pid if slot.worker else None,
-            device=worker.device if worker else None,
-            memory_bytes=worker.memory_bytes if worker else None,
-            loaded_at=slot.loaded_at if worker else None,
-            last_used=slot.last_used,
-            expires_at=slot.expires_at if worker else None,
-            in_flight=slot.in_flight,
-            requests_total=slot.requests_total,
-            requests_failed=slot.requests_failed,
-            loads=slot.loads,
-            unloads=slot.unloads,
-            crashes=slot.crashes,
-            crash_streak=slot.crash_streak,
-            restart_at=None if restart_in is None else time.time() + restart_in,
-            last_crash=slot.last_crash,
-            last_load_ms=slot.last_load_ms,
-            error=slot.error,
-            batching=Batching.model_validate(dataclasses.asdict(slot.model.batching)),
-        )
+        return self.slot(name).status()
 
     def statuses(self) -> list[ModelStatus]:
         return [self.status(name) for name in self.slots]
