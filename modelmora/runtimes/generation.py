@@ -10,37 +10,16 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from modelmora.errors import InvalidInputError
 from modelmora.runtimes import ModelSpec
-from modelmora.runtimes.base import TransformersRuntime, float_field, int_field
+from modelmora.runtimes.base import TransformersRuntime
+from modelmora.runtimes.sampling import SamplingParams
 
 if TYPE_CHECKING:
     import torch
-
-MAX_STOP_STRINGS = 16
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: tuple[str, ...]
-    seed: int | None
-
-    @classmethod
-    def from_request(cls, request: dict[str, Any]) -> GenerationParams:
-        return cls(
-            max_new_tokens=int_field(request, "max_new_tokens", 64, minimum=1) or 64,
-            temperature=float_field(request, "temperature", 1.0, 0.0, 100.0),
-            top_p=float_field(request, "top_p", 1.0, 0.0, 1.0),
-            stop=stop_strings(request.get("stop")),
-            seed=int_field(request, "seed", None, minimum=-(2**63)),
-        )
 
 
 class GenerationRuntime(TransformersRuntime):
@@ -100,7 +79,7 @@ class GenerationRuntime(TransformersRuntime):
     ) -> _Decoder:
         import torch
 
-        params = GenerationParams.from_request(request)
+        params = SamplingParams.from_request(request)
         prompt_ids = self._prompt_ids(request)
         room = self.context_length() - prompt_ids.shape[1]
         if room < 1:
@@ -248,23 +227,11 @@ class _Decoder:
             self.sent = end
 
 
-def sampling_arguments(params: GenerationParams) -> dict[str, Any]:
-    if params.temperature == 0:
+def sampling_arguments(params: SamplingParams) -> dict[str, Any]:
+    if params.is_greedy:
         return {"do_sample": False}
     # top_k=0 turns off the top-k filter many generation configs carry, so only top_p shapes it.
     return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-
-
-def stop_strings(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise InvalidInputError("stop: expected a list of non-empty strings")
-    if len(value) > MAX_STOP_STRINGS:
-        raise InvalidInputError(f"stop: at most {MAX_STOP_STRINGS} stop strings")
-    return tuple(value)
 
 
 def chat_messages(value: Any) -> list[dict[str, str]]:
