@@ -28,8 +28,8 @@ from modelmora.serve.api.http import (
     handle_http_exception,
     handle_serve_error,
 )
-from modelmora.serve.api.openapi import document_routes, openapi_document
-from modelmora.serve.api.schemas import NativeError
+from modelmora.serve.api.openapi import document_routes, openapi_document, routes
+from modelmora.serve.api.schemas import NativeError, served_bodies
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
 from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
 from modelmora.serve.jobrunner import job_runner
@@ -64,11 +64,17 @@ def create_app(
     groups = [*supervisor.task_groups, scheduler.tasks]
     groups += [state.jobs.tasks] if state.jobs is not None else []
     metrics = Metrics(supervisor, scheduler, groups)
+    models = {name: supervisor.model(name).task for name in supervisor.names()}
     document = openapi_document(
-        ENDPOINTS, title="ModelMora", version=__version__, error=NativeError
+        ENDPOINTS,
+        title="ModelMora",
+        version=__version__,
+        error=NativeError,
+        models=models,
+        bodies=served_bodies(models),
     )
     app = Starlette(
-        routes=[endpoint.route() for endpoint in ENDPOINTS] + document_routes(document),
+        routes=routes(ENDPOINTS) + document_routes(document),
         middleware=_middleware(settings, metrics),
         exception_handlers={ServeError: handle_serve_error, HTTPException: handle_http_exception},
         lifespan=_lifespan,

@@ -11,9 +11,6 @@ from modelmora.serve.api import inference
 from modelmora.serve.api.http import PydanticResponse, app_state, read_json, read_query
 from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.api.schemas import (
-    ClassificationInferRequest,
-    EmbeddingInferRequest,
-    GenerationInferRequest,
     Health,
     InferResponse,
     ModelList,
@@ -89,7 +86,7 @@ def _info(request: Request, status: ModelStatus) -> ModelStatus:
 
 
 async def infer(request: Request) -> Response:
-    """Run the model on the inputs; the body's schema depends on the model's task."""
+    """Run the model on the inputs; the body's schema is that of the model's task."""
     arrival = time.monotonic()
     state = app_state(request)
     name = _model_name(request)
@@ -126,7 +123,7 @@ def _timing(result: InferenceResult) -> Timing:
 
 ENDPOINTS = [
     Endpoint("/health", "GET", health, response=Health, tag="health"),
-    Endpoint("/ready", "GET", ready, response=Readiness, tag="health"),
+    Endpoint("/ready", "GET", ready, response=Readiness, tag="health", also=((503, Readiness),)),
     Endpoint("/models", "GET", list_models, query=ModelsQuery, response=ModelList, tag="models"),
     Endpoint("/models/{name}", "GET", get_model, response=ModelStatus, tag="models"),
     Endpoint("/models/{name}/load", "POST", load_model, response=ModelStatus, tag="models"),
@@ -135,8 +132,8 @@ ENDPOINTS = [
         "/infer/{name}",
         "POST",
         infer,
-        request=(EmbeddingInferRequest, ClassificationInferRequest, GenerationInferRequest),
         response=InferResponse,
         tag="inference",
+        per_model=request_schema,
     ),
 ]

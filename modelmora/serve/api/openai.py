@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import struct
 import time
 import uuid
@@ -66,7 +67,7 @@ async def create_embeddings(request: Request) -> Response:
     """Embed one text or several; `encoding_format: base64` packs little-endian float32."""
     arrival = time.monotonic()
     body = await read_json(request, EmbeddingsRequest)
-    _served(request, body.model, "embedding")
+    _served(request, body)
     texts = [body.input] if isinstance(body.input, str) else body.input
     outcome = await inference.infer(
         app_state(request),
@@ -77,12 +78,27 @@ async def create_embeddings(request: Request) -> Response:
     )
     record_timing(request, outcome)
     result = outcome.result
-    if body.dimensions is not None and body.dimensions != result["dimensions"]:
-        raise _invalid(f"this model has {result['dimensions']} dimensions", "dimensions")
+    vectors = result["embeddings"]
+    if body.dimensions is not None:
+        vectors = _shortened(vectors, body.dimensions, result["dimensions"])
     encode = _base64 if body.encoding_format == "base64" else list
-    data = [Embedding(index=i, embedding=encode(v)) for i, v in enumerate(result["embeddings"])]
+    data = [Embedding(index=i, embedding=encode(v)) for i, v in enumerate(vectors)]
     usage = Usage(prompt_tokens=result["prompt_tokens"], total_tokens=result["prompt_tokens"])
     return PydanticResponse(EmbeddingsResponse(data=data, model=body.model, usage=usage))
+
+
+def _shortened(vectors: list[list[float]], dimensions: int, size: int) -> list[list[float]]:
+    """OpenAI's `dimensions`: the first ones of each (normalized) vector, normalized again."""
+    if dimensions > size:
+        raise _invalid(f"this model has {size} dimensions; ask for {size} or fewer", "dimensions")
+    if dimensions == size:
+        return vectors
+    return [_unit(vector[:dimensions]) for vector in vectors]
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(value * value for value in vector))
+    return [value / norm for value in vector] if norm > 0 else vector
 
 
 def _base64(vector: list[float]) -> str:
@@ -137,7 +153,7 @@ async def _generate(
     request: Request, body: SamplingRequest, runtime: Chunk, arrival: float
 ) -> Chunk:
     """Run a text-generation model to the end, in its turn (generation is not batched)."""
-    _served(request, body.model, "text-generation")
+    _served(request, body)
     queueing = _admission(request, body, arrival)
     outcome = await inference.infer(
         app_state(request), body.model, runtime, queueing, body.keep_alive
@@ -166,7 +182,7 @@ async def _stream(
     The first chunk is awaited before the response starts, so that an unknown model, a failed load
     or a crash before the first token still gets its HTTP status instead of a 200 with an error.
     """
-    _served(request, body.model, "text-generation")
+    _served(request, body)
     exits = AsyncExitStack()
     try:
         chunks = await inference.open_stream(
@@ -237,12 +253,13 @@ def _chat_chunks(meta: _Meta, include_usage: bool) -> Render:
     return render
 
 
-def _served(request: Request, name: str, task: str) -> ServedModel:
-    """The served model `name`, which must do `task` (404 or 422 otherwise)."""
-    served = app_state(request).supervisor.model(name)
-    request.state.model = name
-    if served.task != task:
-        raise _invalid(f"{name!r} is a {served.task} model; this route needs {task}", "model")
+def _served(request: Request, body: OpenAIRequest) -> ServedModel:
+    """The served model the body names, which must do the route's task (404 or 422 otherwise)."""
+    served = app_state(request).supervisor.model(body.model)
+    request.state.model = body.model
+    if served.task != body.task:
+        message = f"{body.model!r} is a {served.task} model; this route needs {body.task}"
+        raise _invalid(message, "model")
     return served
 
 
@@ -276,6 +293,7 @@ ENDPOINTS = [
         create_completion,
         request=(CompletionRequest,),
         response=Completion,
+        stream=Completion,
     ),
     _endpoint(
         "/v1/chat/completions",
@@ -283,5 +301,6 @@ ENDPOINTS = [
         create_chat_completion,
         request=(ChatCompletionRequest,),
         response=ChatCompletion,
+        stream=ChatCompletionChunk,
     ),
 ]

@@ -1,7 +1,14 @@
-"""The Endpoint table that both routes and documents the API: `/openapi.json` and `/docs`."""
+"""The Endpoint table that both routes and documents the API: `/openapi.json` and `/docs`.
+
+Each app documents its own models: a `{name}` in a path is one of the served names, an endpoint
+with `per_model` is documented once per model (`POST /infer/minilm`, with the body of that model's
+task), and the request bodies that name a model are replaced by the app's variants (see
+`schemas.served_bodies`), so that the document says exactly what this server accepts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -16,6 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 Handler = Callable[[Request], Awaitable[Response]]
+Bodies = Mapping[type[BaseModel], tuple[type[BaseModel], ...]]
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{model}"
 
@@ -35,20 +43,61 @@ class Endpoint:
     error: type[BaseModel] | None = None
     status: int = 200
     """The status of a success."""
+    also: tuple[tuple[int, type[BaseModel]], ...] = ()
+    """Other statuses whose body is not the error shape, e.g. `/ready`'s 503."""
+    stream: type[BaseModel] | None = None
+    """With `stream: true` a success is server-sent events, one of these chunks each."""
+    per_model: Callable[[str], type[BaseModel]] | None = None
+    """Document one operation per served model, `{name}` filled in, with this body for its task."""
+    operation_id: str = ""
 
-    def route(self) -> Route:
-        """The Starlette route that serves this endpoint."""
-        return Route(self.path, self.handler, methods=[self.method])
+
+def routes(endpoints: Sequence[Endpoint]) -> list[Route]:
+    """One route per path that dispatches on the method.
+
+    So a wrong method gets a 405 whose `Allow` lists every method of the path (Starlette's router
+    answers with the first route that matches the path), and OPTIONS gets a 204 with `Allow`.
+    """
+    handlers: dict[str, dict[str, Handler]] = {}
+    for endpoint in endpoints:
+        handlers.setdefault(endpoint.path, {})[endpoint.method] = endpoint.handler
+    return [
+        Route(path, _by_method(by_method), methods=[*by_method, "OPTIONS"], name=path)
+        for path, by_method in handlers.items()
+    ]
+
+
+def _by_method(handlers: Mapping[str, Handler]) -> Handler:
+    allowed = ", ".join([*handlers, *(["HEAD"] if "GET" in handlers else []), "OPTIONS"])
+
+    async def dispatch(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allowed})
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return dispatch
 
 
 def openapi_document(
-    endpoints: Sequence[Endpoint], *, title: str, version: str, error: type[BaseModel]
+    endpoints: Sequence[Endpoint],
+    *,
+    title: str,
+    version: str,
+    error: type[BaseModel],
+    models: Mapping[str, str] | None = None,
+    bodies: Bodies | None = None,
 ) -> dict[str, Any]:
-    """An OpenAPI 3.1 document built from the endpoints' pydantic schemas."""
-    refs, definitions = models_json_schema(_schema_models(endpoints, error), ref_template=_REF)
+    """An OpenAPI 3.1 document built from the endpoints' pydantic schemas.
+
+    `models` maps the served models' names to their tasks; `bodies` the request schemas that this
+    server documents in their place.
+    """
+    models, bodies = models or {}, bodies or {}
+    documented = [each for endpoint in endpoints for each in _documented(endpoint, models, bodies)]
+    refs, definitions = models_json_schema(_schema_models(documented, error), ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
-    for endpoint in endpoints:
-        operation = _operation(endpoint, refs, error)
+    for endpoint in documented:
+        operation = _operation(endpoint, refs, error, list(models))
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -56,6 +105,24 @@ def openapi_document(
         "paths": paths,
         "components": {"schemas": definitions.get("$defs", {})},
     }
+
+
+def _documented(endpoint: Endpoint, models: Mapping[str, str], bodies: Bodies) -> list[Endpoint]:
+    """The endpoint as a server of `models` documents it: once, or once per model."""
+    request = tuple(variant for body in endpoint.request for variant in bodies.get(body, (body,)))
+    endpoint = dataclasses.replace(endpoint, request=request)
+    if endpoint.per_model is None:
+        return [endpoint]
+    return [
+        dataclasses.replace(
+            endpoint,
+            path=endpoint.path.replace("{name}", name),
+            request=(endpoint.per_model(task),),
+            per_model=None,
+            operation_id=f"{endpoint.handler.__name__}_{name}",
+        )
+        for name, task in models.items()
+    ]
 
 
 SchemaKey = tuple[type[BaseModel], JsonSchemaMode]
@@ -69,30 +136,50 @@ def _schema_models(endpoints: Sequence[Endpoint], error: type[BaseModel]) -> lis
         keys.update({(model, "validation"): None for model in endpoint.request})
         if endpoint.query is not None:
             keys[endpoint.query, "validation"] = None
-        if endpoint.response is not None:
-            keys[endpoint.response, "serialization"] = None
-        if endpoint.error is not None:
-            keys[endpoint.error, "serialization"] = None
+        outputs = [endpoint.response, endpoint.error, endpoint.stream]
+        outputs += [model for _, model in endpoint.also]
+        keys.update({(model, "serialization"): None for model in outputs if model is not None})
     return list(keys)
 
 
-def _operation(endpoint: Endpoint, refs: Refs, error: type[BaseModel]) -> dict[str, Any]:
+def _operation(
+    endpoint: Endpoint, refs: Refs, error: type[BaseModel], names: list[str]
+) -> dict[str, Any]:
     """One OpenAPI operation: summary from the handler's docstring, parameters, body, responses."""
+    success = _content(endpoint.media_type, _response_schema(endpoint, refs))
+    if endpoint.stream is not None:
+        chunk = refs[endpoint.stream, "serialization"]
+        success["content"]["text/event-stream"] = {"schema": _event(chunk)}
+    responses = {str(endpoint.status): success}
+    for status, model in endpoint.also:
+        responses[str(status)] = _content("application/json", refs[model, "serialization"])
+    responses["default"] = _content(
+        "application/json", refs[endpoint.error or error, "serialization"]
+    )
     operation: dict[str, Any] = {
         "summary": (endpoint.handler.__doc__ or "").strip().splitlines()[0],
-        "operationId": endpoint.handler.__name__,
+        "operationId": endpoint.operation_id or endpoint.handler.__name__,
         "tags": [endpoint.tag] if endpoint.tag else [],
-        "parameters": _parameters(endpoint),
-        "responses": {
-            str(endpoint.status): _content(endpoint.media_type, _response_schema(endpoint, refs)),
-            "default": _content("application/json", refs[endpoint.error or error, "serialization"]),
-        },
+        "parameters": _parameters(endpoint, names),
+        "responses": responses,
     }
     if endpoint.request:
         schemas = [refs[model, "validation"] for model in endpoint.request]
         schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
         operation["requestBody"] = {"required": True, **_content("application/json", schema)}
     return operation
+
+
+def _event(chunk: dict[str, Any]) -> dict[str, Any]:
+    """One server-sent event (OpenAPI 3.1 describes a stream by its events): a chunk, or the end."""
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": chunk}
+    return {
+        "type": "object",
+        "properties": {"data": {"anyOf": [data, {"const": "[DONE]"}]}},
+        "required": ["data"],
+        "description": "`data: {chunk}` per piece of text (or an error object if the model fails "
+        "midway), then `data: [DONE]`",
+    }
 
 
 def _response_schema(endpoint: Endpoint, refs: Refs) -> dict[str, Any]:
@@ -105,10 +192,10 @@ def _content(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": "", "content": {media_type: {"schema": schema}}}
 
 
-def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
-    """Path parameters from `{name}` in the path, query parameters from the query model."""
+def _parameters(endpoint: Endpoint, names: list[str]) -> list[dict[str, Any]]:
+    """Path parameters from `{name}` in the path (a served model's), query ones from the model."""
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _path_schema(name, names)}
         for name in _PATH_PARAM.findall(endpoint.path)
     ]
     if endpoint.query is not None:
@@ -118,6 +205,12 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
             for name, schema in properties.items()
         ]
     return parameters
+
+
+def _path_schema(parameter: str, names: list[str]) -> dict[str, Any]:
+    if parameter == "name" and names:
+        return {"type": "string", "enum": names, "description": "a served model"}
+    return {"type": "string"}
 
 
 def document_routes(document: dict[str, Any]) -> list[Route]:

@@ -4,6 +4,7 @@ native   /infer requests per task, model status, readiness
 openai   /v1: embeddings, completions, chat completions, models
 jobs     /jobs requests, job records, pages
 errors   the native and OpenAI error shapes
+served   the bodies that name a model, as the document of one server shows them
 
 Each fact is defined here once: sampling bounds come from `modelmora.runtimes.sampling`, durations
 from `modelmora.units`, priorities from the scheduler, model states from `ModelState`.
@@ -11,13 +12,25 @@ from `modelmora.units`, priorities from the scheduler, model states from `ModelS
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
-from modelmora.errors import InvalidInputError
+from modelmora.runtimes import sampling
 from modelmora.serve.jobstore import Job, JobPage, JobState
-from modelmora.serve.scheduler import CRITICAL, LOW, PRIORITIES, parse_priority
+from modelmora.serve.scheduler import CRITICAL, LOW, PRIORITIES
 from modelmora.serve.status import ModelState, ModelStatus
 from modelmora.units import DURATION_PATTERN, parse_duration
 
@@ -54,6 +67,35 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorBody
 
 
+class RequestBody(BaseModel):
+    """A JSON request body, validated as its schema reads: no `"5"` for 5 nor `0` for false.
+
+    pydantic's default (lax) mode would accept both, which the published schema refuses.
+    """
+
+    model_config = ConfigDict(strict=True)
+
+
+def integral(value: object) -> object:
+    """`2.0` as 2: JSON Schema's integers include the numbers written with a zero fraction."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def within(bounds: sampling.Bounds) -> Any:
+    """pydantic's constraints for `bounds`, which the generation runtime checks again."""
+    if bounds.exclusive_minimum:
+        return Field(gt=bounds.minimum, le=bounds.maximum)
+    return Field(ge=bounds.minimum, le=bounds.maximum)
+
+
+# Constraints go before the validator: after it, pydantic leaves them out of the JSON schema.
+Positive = Annotated[int, Field(ge=1), BeforeValidator(integral)]
+NewTokens = Annotated[int, within(sampling.MAX_NEW_TOKENS), BeforeValidator(integral)]
+Seed = Annotated[int, within(sampling.SEED), BeforeValidator(integral)]
+Temperature = Annotated[float, within(sampling.TEMPERATURE)]
+TopP = Annotated[float, within(sampling.TOP_P)]
+
+
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
@@ -71,11 +113,17 @@ Texts = str | Annotated[list[str], Field(min_length=1, max_length=2048)]
 
 
 def to_priority(value: object) -> int:
-    """0-3 or low/normal/high/critical, as a pydantic error naming the field when it is not."""
-    try:
-        return parse_priority(value if isinstance(value, (int, str)) else repr(value))
-    except InvalidInputError as error:
-        raise ValueError(error.message) from None
+    """0-3 (`2.0` is the JSON integer 2) or low/normal/high/critical, exactly as the schema says.
+
+    Other spellings (`"2"`, `"HIGH"`) are for the X-Priority header, which is text.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value in PRIORITIES:
+        return PRIORITIES[value]
+    if isinstance(value, int) and not isinstance(value, bool) and value in PRIORITIES.values():
+        return value
+    raise ValueError(f"priority {value!r} is not one of 0-3 or {', '.join(PRIORITIES)}")
 
 
 Priority = Annotated[
@@ -94,7 +142,7 @@ Priority = Annotated[
 ]
 
 
-class InferOptions(BaseModel):
+class InferOptions(RequestBody):
     """Options every `/infer` request accepts, whatever the task."""
 
     model_config = ConfigDict(extra="forbid")
@@ -127,27 +175,31 @@ class ClassificationInferRequest(InferOptions):
     """`/infer` on a text-classification model; `top_k: null` returns every label."""
 
     inputs: Texts
-    top_k: int | None = Field(1, ge=1)
+    top_k: Positive | None = 1
 
     def to_runtime(self) -> dict[str, Any]:
         return {"inputs": as_list(self.inputs), "top_k": self.top_k}
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestBody):
     """One chat turn."""
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
 
 
-class GenerationOptions(BaseModel):
-    """Sampling options of text generation, shared with the OpenAI routes."""
+StopString = Annotated[str, Field(min_length=1)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=sampling.MAX_STOP_STRINGS)]
 
-    max_new_tokens: int = Field(64, ge=1, le=32768)
-    temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] = Field(default_factory=list)
-    seed: int | None = None
+
+class GenerationOptions(RequestBody):
+    """Sampling options of text generation; their bounds are `modelmora.runtimes.sampling`'s."""
+
+    max_new_tokens: NewTokens = sampling.DEFAULT_MAX_NEW_TOKENS
+    temperature: Temperature = Field(sampling.DEFAULT_TEMPERATURE, description="0 is greedy")
+    top_p: TopP = sampling.DEFAULT_TOP_P
+    stop: Stop = Field(default_factory=list)
+    seed: Seed | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The options as the runtime reads them."""
@@ -161,13 +213,30 @@ class GenerationOptions(BaseModel):
         }
 
 
+Prompt = Annotated[str, Field(min_length=1)]
+
+
+def _prompt_or_chat(schema: dict[str, Any]) -> None:
+    """Exactly one of `inputs` and `messages`, which have no default (null is not allowed)."""
+    for field in ("inputs", "messages"):
+        schema["properties"][field].pop("default", None)
+    schema["oneOf"] = [{"required": ["inputs"]}, {"required": ["messages"]}]
+
+
 class GenerationInferRequest(GenerationOptions, InferOptions):
     """`/infer` on a text-generation model: a prompt in `inputs`, or chat `messages`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_prompt_or_chat)
 
-    inputs: str | None = Field(None, min_length=1)
-    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    inputs: Prompt | SkipJsonSchema[None] = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | SkipJsonSchema[None] = None
+
+    @field_validator("inputs", "messages", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("leave the field out rather than sending null")
+        return value
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerationInferRequest:
@@ -232,10 +301,18 @@ class ModelList(BaseModel):
     total: int
 
 
+MAX_PAGE = 1_000_000
+"""The last page a list serves: it keeps a page's offset within what SQLite can count."""
+
+
+def page_field() -> Any:
+    return Field(1, ge=1, le=MAX_PAGE, description=f"from 1 to {MAX_PAGE}")
+
+
 class ModelsQuery(BaseModel):
     """Query of `GET /models`: a page, filtered by task, state and device (prefix: `cuda`)."""
 
-    page: int = Field(1, ge=1)
+    page: int = page_field()
     limit: int = Field(100, ge=1, le=1000)
     task: str | None = None
     state: ModelState | None = None
@@ -253,10 +330,12 @@ class Readiness(BaseModel):
     reasons: list[str]
 
 
-class OpenAIRequest(BaseModel):
+class OpenAIRequest(RequestBody):
     """Fields every /v1 request has; unknown fields are ignored, as OpenAI's clients send many."""
 
     model_config = ConfigDict(extra="ignore")
+    task: ClassVar[str]
+    """The task of the models that the route serves."""
 
     model: str
     keep_alive: Duration | None = Field(None, description="ModelMora extension (Ollama semantics)")
@@ -267,9 +346,11 @@ class OpenAIRequest(BaseModel):
 class EmbeddingsRequest(OpenAIRequest):
     """`POST /v1/embeddings`; token-id inputs are not supported."""
 
+    task: ClassVar[str] = "embedding"
+
     input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Positive | None = None
 
 
 class Usage(BaseModel):
@@ -291,19 +372,23 @@ class EmbeddingsResponse(BaseModel):
     usage: Usage
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
 class SamplingRequest(OpenAIRequest):
     """Sampling fields shared by completions and chat completions."""
 
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: Literal[1] = Field(1, description="only one choice per request")
+    task: ClassVar[str] = "text-generation"
+
+    max_tokens: NewTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stop: Stop | None = None
+    seed: Seed | None = None
+    n: Annotated[Literal[1], BeforeValidator(integral)] = Field(
+        1, description="only one choice per request"
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -332,12 +417,12 @@ class CompletionRequest(SamplingRequest):
         return {"prompt": prompt, **self.sampling()}
 
 
-class TextPart(BaseModel):
+class TextPart(RequestBody):
     type: Literal["text"]
     text: str
 
 
-class ChatCompletionMessage(BaseModel):
+class ChatCompletionMessage(RequestBody):
     """A chat turn; content parts other than text are not supported."""
 
     model_config = ConfigDict(extra="ignore")
@@ -355,7 +440,7 @@ class ChatCompletionRequest(SamplingRequest):
     """`POST /v1/chat/completions`."""
 
     messages: list[ChatCompletionMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+    max_completion_tokens: NewTokens | None = None
 
     def runtime_request(self) -> dict[str, Any]:
         messages = [{"role": m.role, "content": m.text()} for m in self.messages]
@@ -438,7 +523,7 @@ class ModelCards(BaseModel):
 JobInput = str | list[str] | dict[str, Any]
 
 
-class JobRequest(BaseModel):
+class JobRequest(RequestBody):
     """`POST /jobs`: `input` is what `POST /infer/{model}` takes (a text or list: its `inputs`)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -494,5 +579,54 @@ class JobsQuery(BaseModel):
 
     model: str | None = None
     state: JobState | None = None
-    page: int = Field(1, ge=1)
+    page: int = page_field()
     limit: int = Field(50, ge=1, le=1000)
+
+
+# --- the bodies as one server documents them ----------------------------------------------------
+
+TASK_INPUTS: dict[str, Any] = {
+    "embedding": Texts,
+    "text-classification": Texts,
+    "text-generation": Prompt,
+}
+"""What `inputs` takes per built-in task: alone, it is a whole job `input`."""
+
+Variants = dict[type[BaseModel], tuple[type[BaseModel], ...]]
+
+
+def served_bodies(models: Mapping[str, str]) -> Variants:
+    """The request bodies that name a model, as the document of a server of `models` shows them.
+
+    `models` maps the served names to their tasks. In each body `model` is one of the served models
+    of the task its route serves, and a job's `input` is the body of its model's task (or that
+    body's `inputs` alone): what the routes accept, since they answer 404 for another name and 422
+    for a model of another task or an input that its task does not take.
+    """
+    variants: Variants = {JobRequest: tuple(_job_request(n, task) for n, task in models.items())}
+    for body in (EmbeddingsRequest, CompletionRequest, ChatCompletionRequest):
+        names = [name for name, task in models.items() if task == body.task]
+        variants[body] = (_naming(body, names),) if names else ()
+    return {body: bodies or (body,) for body, bodies in variants.items()}
+
+
+def _one_of(names: list[str]) -> Any:
+    return cast(Any, Literal)[tuple(names)]
+
+
+def _naming(body: type[OpenAIRequest], names: list[str]) -> type[BaseModel]:
+    description = f"one of the served {body.task} models"
+    model = (_one_of(names), Field(description=description))
+    return create_model(body.__name__, __base__=body, __doc__=body.__doc__, model=model)
+
+
+def _job_request(name: str, task: str) -> type[BaseModel]:
+    body = request_schema(task)
+    job_input: Any = TASK_INPUTS[task] | body if task in TASK_INPUTS else JobInput
+    return create_model(
+        "JobRequest_" + re.sub(r"\W", "_", name),  # a dot would read as a module path
+        __base__=JobRequest,
+        __doc__=f"`POST /jobs` for the {task} model `{name}`",
+        model=(_one_of([name]), ...),
+        input=(job_input, ...),
+    )
