@@ -17,8 +17,6 @@ from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.api.schemas import JobInfo, JobList, JobRequest, JobsQuery
 from modelmora.serve.jobrunner import JobRunner, job_body
 
-# --- routes -------------------------------------------------------------------------------------
-
 
 async def create_job(request: Request) -> Response:
     """Queue a job and answer 202 with its id at once; the job is on disk by then."""
