@@ -252,6 +252,14 @@ def test_a_temperature_that_float32_rounds_to_zero_decodes_greedily(http: httpx.
 
 
 @pytest.mark.slow
+def test_a_prompt_longer_than_the_context_is_refused(http: httpx.Client) -> None:
+    response = http.post("/infer/gen", json={"inputs": "x" * 200})  # the model takes 128 tokens
+
+    assert response.status_code == 422
+    assert "context" in response.json()["error"]["message"]
+
+
+@pytest.mark.slow
 def test_dimensions_shorten_the_vectors_up_to_the_models_own(http: httpx.Client) -> None:
     def embed(dimensions: int) -> httpx.Response:
         body = {"model": "emb", "input": ["hello", "world"], "dimensions": dimensions}
