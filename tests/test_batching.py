@@ -204,6 +204,7 @@ def metric(http: httpx.Client, name: str, **labels: str) -> float:
 # Priorities
 
 
+@pytest.mark.slow
 def test_higher_priority_overtakes_queued_lower_priority(
     http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
@@ -231,6 +232,7 @@ def test_higher_priority_overtakes_queued_lower_priority(
 @pytest.mark.parametrize(
     ("where", "value"), [("body", "urgent"), ("body", 7), ("header", "9"), ("header", "max")]
 )
+@pytest.mark.slow
 def test_an_unknown_priority_is_422(http: httpx.Client, where: str, value: Any) -> None:
     if where == "body":
         response = embed(http, "one", "x", priority=value)
@@ -244,6 +246,7 @@ def test_an_unknown_priority_is_422(http: httpx.Client, where: str, value: Any) 
 # Deadlines and clients that leave
 
 
+@pytest.mark.slow
 def test_a_queued_request_gets_504_at_its_deadline_and_is_never_computed(
     http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
@@ -262,6 +265,7 @@ def test_a_queued_request_gets_504_at_its_deadline_and_is_never_computed(
     assert expired >= 1
 
 
+@pytest.mark.slow
 def test_a_client_that_left_is_dropped_before_compute(
     url: str, http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
@@ -279,6 +283,7 @@ def test_a_client_that_left_is_dropped_before_compute(
 # Backpressure
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_429_at_once_and_every_accepted_request_completes(
     http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
@@ -307,6 +312,7 @@ def test_a_full_queue_answers_429_at_once_and_every_accepted_request_completes(
 # Dynamic batching
 
 
+@pytest.mark.slow
 def test_concurrent_requests_form_batches_and_each_gets_its_own_results(
     http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
@@ -326,6 +332,7 @@ def test_concurrent_requests_form_batches_and_each_gets_its_own_results(
     assert metric(http, "modelmora_batched_inputs_total", model="many") == sum(sizes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "field"), [("emb", "embeddings"), ("cls", "predictions")])
 def test_batched_results_of_a_real_model_match_single_requests(
     http: httpx.Client, pool: ThreadPoolExecutor, model: str, field: str

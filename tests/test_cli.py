@@ -17,6 +17,8 @@ from waiting import eventually
 
 from modelmora.cache import Cache
 
+pytestmark = pytest.mark.slow  # every test runs the CLI in a subprocess
+
 
 def run(*args: str, cwd: Path, check: int | None = 0) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(

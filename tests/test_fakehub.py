@@ -258,6 +258,7 @@ def test_head_requests_leave_fail_after_armed(fake_hub: FakeHub, commit: str) ->
     assert fake_hub.fail_after == {(REPO, "model.safetensors"): 10}
 
 
+@pytest.mark.slow
 def test_hf_hub_download_resumes_a_cut_download_with_a_range(
     fake_hub: FakeHub, commit: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -383,6 +384,7 @@ def test_a_gate_holds_the_next_get_until_it_opens(fake_hub: FakeHub, commit: str
     assert answers == [FILES["README.md"]] and fake_hub.gates == {}
 
 
+@pytest.mark.slow
 def test_slow_trickles_one_file_only(fake_hub: FakeHub, commit: str) -> None:
     fake_hub.slow[(REPO, "model.safetensors")] = 1024
     with connection(fake_hub) as conn:

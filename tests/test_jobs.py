@@ -141,6 +141,7 @@ def test_jobs_survive_a_reopen_and_interrupted_ones_are_queued_again(db: Path) -
     with_store(db, after)
 
 
+@pytest.mark.slow
 def test_an_accepted_job_is_on_disk_even_if_the_process_is_killed(db: Path) -> None:
     script = textwrap.dedent(
         f"""
@@ -169,6 +170,7 @@ def test_an_accepted_job_is_on_disk_even_if_the_process_is_killed(db: Path) -> N
     with_store(db, use)
 
 
+@pytest.mark.slow
 def test_purge_removes_only_jobs_finished_long_enough_ago(db: Path) -> None:
     async def use(store: JobStore) -> None:
         old = await store.cancel((await store.create("m", 1)).id)

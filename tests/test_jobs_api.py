@@ -31,6 +31,8 @@ from modelmora.serve.config import BatchSettings, ServerSettings, SupervisorSett
 from modelmora.serve.jobstore import JobStore
 from modelmora.serve.supervisor import ServedModel, Supervisor
 
+pytestmark = pytest.mark.slow  # a live server with worker processes, and subprocesses
+
 RECORDING = "runtimes_for_tests:RecordingRuntime"
 TESTS = Path(__file__).parent
 

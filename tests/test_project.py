@@ -220,6 +220,7 @@ def test_retries_give_up_after_a_few_attempts(fake_hub: FakeHub, tmp_path: Path)
     assert len(safetensors_gets(fake_hub)) == sources.DOWNLOAD_ATTEMPTS == 5
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("quick_retries")
 def test_a_timeout_is_retried(
     fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -244,6 +245,7 @@ def test_retry_delay_backs_off_exponentially_up_to_a_cap() -> None:
     assert sources.retry_delay(1, retry_after=3600.0) == sources.RETRY_AFTER_CAP_S
 
 
+@pytest.mark.slow
 def test_two_concurrent_installs_share_one_cache(fake_hub: FakeHub, tmp_path: Path) -> None:
     fake_hub.add_commit(REPO, tiny_repo(size=3_000_000))
     fake_hub.throttle_bytes_per_s = 20_000_000

@@ -372,14 +372,19 @@ def test_openapi_document_comes_from_the_schemas(http: httpx.Client) -> None:
     document = http.get("/openapi.json").json()
     page = http.get("/docs")
 
+    paths = document["paths"]
     assert document["openapi"].startswith("3.")
-    assert {"/health", "/models/{name}", "/infer/{name}", "/v1/embeddings"} <= document[
-        "paths"
-    ].keys()
-    infer = document["paths"]["/infer/{name}"]["post"]
-    assert len(infer["requestBody"]["content"]["application/json"]["schema"]["oneOf"]) == 3
-    assert "GenerationInferRequest" in document["components"]["schemas"]
-    assert page.status_code == 200 and "/infer/{name}" in page.text and "<script" not in page.text
+    assert {"/health", "/models/{name}", "/infer/emb", "/v1/embeddings"} <= paths.keys()
+    # One operation per served model, with exactly its task's body (not a oneOf of every task).
+    assert "/infer/{name}" not in paths
+    bodies = {
+        name: paths[f"/infer/{name}"]["post"]["requestBody"]["content"]["application/json"]
+        for name in ("emb", "cls", "gen")
+    }
+    assert bodies["emb"]["schema"]["$ref"].endswith("/EmbeddingInferRequest")
+    assert bodies["cls"]["schema"]["$ref"].endswith("/ClassificationInferRequest")
+    assert bodies["gen"]["schema"]["$ref"].endswith("/GenerationInferRequest")
+    assert page.status_code == 200 and "/infer/emb" in page.text and "<script" not in page.text
 
 
 # The client behind `modelmora ps` and `modelmora run`

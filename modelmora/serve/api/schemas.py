@@ -532,7 +532,11 @@ class JobRequest(RequestBody):
     input: JobInput
     priority: Priority | None = None
     timeout: float | None = Field(
-        None, gt=0, le=86400, description="seconds the job may take once started"
+        None,
+        gt=0,
+        le=86400,
+        description="seconds the job may take, counted from when the runner takes it for its"
+        " model (it may still wait in the model's queue then)",
     )
 
 
