@@ -22,9 +22,10 @@ import pytest
 
 from modelmora.errors import InvalidInputError, OverloadedError
 from modelmora.serve.api.http import AppState
+from modelmora.serve.api.jobs import job_runner
 from modelmora.serve.batching import Batch, BatchOutput
 from modelmora.serve.config import BatchSettings, ServerSettings, SupervisorSettings
-from modelmora.serve.jobrunner import JobRunner, job_runner
+from modelmora.serve.jobrunner import JobRunner
 from modelmora.serve.jobstore import Job, JobNotCancellableError, JobNotFoundError, JobStore
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import ServedModel, Supervisor

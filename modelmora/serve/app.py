@@ -32,7 +32,6 @@ from modelmora.serve.api.openapi import document_routes, openapi_document, route
 from modelmora.serve.api.schemas import NativeError, served_bodies
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
 from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
-from modelmora.serve.jobrunner import job_runner
 from modelmora.serve.jobstore import JobStore
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import ServedModel, Supervisor
@@ -60,7 +59,7 @@ def create_app(
     state = AppState(supervisor=supervisor, settings=settings, scheduler=scheduler)
     if jobs_path is not None:
         store = JobStore(jobs_path, retention=settings.job_retention)
-        state = dataclasses.replace(state, jobs=job_runner(state, store))
+        state = dataclasses.replace(state, jobs=jobs.job_runner(state, store))
     groups = [*supervisor.task_groups, scheduler.tasks]
     groups += [state.jobs.tasks] if state.jobs is not None else []
     metrics = Metrics(supervisor, scheduler, groups)

@@ -36,12 +36,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from modelmora.errors import ServeError, UnknownModelError
-from modelmora.serve.api import inference
-from modelmora.serve.api.http import AppState, RequestValidationError
-from modelmora.serve.api.schemas import FieldError, InferOptions, JobInput, request_schema
+from modelmora.errors import ServeError
+from modelmora.serve.api.schemas import JobInput
 from modelmora.serve.jobstore import Job, JobStore
 from modelmora.serve.tasks import TaskGroup
 
@@ -224,49 +220,3 @@ class JobRunner:
         while True:
             await asyncio.sleep(interval)
             await self.store.purge_finished()
-
-
-# --- jobs through the app's scheduler -----------------------------------------------------------
-
-
-def job_runner(state: AppState, store: JobStore) -> JobRunner:
-    """The runner of an app: jobs go through the same scheduler as the live requests."""
-
-    async def run(job: Job, attempt: Attempt) -> Any:
-        return await run_job(state, job, attempt)
-
-    return JobRunner(store, run, lambda model: job_slots(state, model))
-
-
-async def run_job(state: AppState, job: Job, attempt: Attempt) -> Any:
-    """The job as its model's `/infer` request, queued as background work."""
-    body = job_body(state, job.model, job.input)
-    timeout = job.timeout if job.timeout is not None else body.timeout
-    deadline = inference.deadline_after(state.supervisor, attempt.taken_at, timeout)
-    queueing = inference.Admission(
-        job.priority, deadline, background=True, on_start=attempt.on_start
-    )
-    outcome = await inference.infer(state, job.model, body.to_runtime(), queueing, body.keep_alive)
-    return outcome.result
-
-
-def job_slots(state: AppState, model: str) -> int:
-    """Jobs handed to a model's queue at once: a full batch, or one if the model does not batch."""
-    try:
-        task = state.supervisor.model(model).task
-    except UnknownModelError:
-        return 1  # no longer served: its jobs fail one by one
-    settings = state.scheduler.settings(model)
-    return settings.max_batch_size if inference.is_batched(task) else settings.max_in_flight
-
-
-def job_body(state: AppState, model: str, input: JobInput) -> InferOptions:
-    """A job's input as the model's `/infer` request; errors name the field under `input`."""
-    fields = input if isinstance(input, dict) else {"inputs": input}
-    try:
-        return request_schema(state.supervisor.model(model).task).model_validate(fields)
-    except ValidationError as error:
-        errors = RequestValidationError.from_pydantic(error).errors
-        raise RequestValidationError(
-            [FieldError(field=f"input.{e.field}".rstrip("."), message=e.message) for e in errors]
-        ) from None

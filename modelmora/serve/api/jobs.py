@@ -1,5 +1,5 @@
-"""The /jobs routes: `POST /jobs` answers 202 at once; the JobRunner (`modelmora.serve.jobrunner`)
-feeds stored jobs to the scheduler.
+"""The /jobs routes, and how a job runs through the app: `POST /jobs` answers 202 at once; the
+JobRunner (`modelmora.serve.jobrunner`) feeds stored jobs to the scheduler as `run_job` says.
 
     POST /jobs ──► JobStore (SQLite, committed before the 202) ──► JobRunner ──► Scheduler
     queued ──► running ──► succeeded | failed     DELETE /jobs/{id} until it starts: cancelled
@@ -7,15 +7,35 @@ feeds stored jobs to the scheduler.
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelmora.errors import UnavailableError
+from modelmora.errors import UnavailableError, UnknownModelError
 from modelmora.serve.api import inference
-from modelmora.serve.api.http import AppState, PydanticResponse, app_state, read_json, read_query
+from modelmora.serve.api.http import (
+    AppState,
+    PydanticResponse,
+    RequestValidationError,
+    app_state,
+    read_json,
+    read_query,
+)
 from modelmora.serve.api.openapi import Endpoint
-from modelmora.serve.api.schemas import JobInfo, JobList, JobRequest, JobsQuery
-from modelmora.serve.jobrunner import JobRunner, job_body
+from modelmora.serve.api.schemas import (
+    FieldError,
+    InferOptions,
+    JobInfo,
+    JobInput,
+    JobList,
+    JobRequest,
+    JobsQuery,
+    request_schema,
+)
+from modelmora.serve.jobrunner import Attempt, JobRunner
+from modelmora.serve.jobstore import Job, JobStore
 
 
 async def create_job(request: Request) -> Response:
@@ -59,6 +79,52 @@ def _runner(state: AppState) -> JobRunner:
             hint="run `modelmora serve` in a project; jobs live in .modelmora/jobs.sqlite3",
         )
     return state.jobs
+
+
+# --- jobs through the app's scheduler -----------------------------------------------------------
+
+
+def job_runner(state: AppState, store: JobStore) -> JobRunner:
+    """The runner of an app: jobs go through the same scheduler as the live requests."""
+
+    async def run(job: Job, attempt: Attempt) -> Any:
+        return await run_job(state, job, attempt)
+
+    return JobRunner(store, run, lambda model: job_slots(state, model))
+
+
+async def run_job(state: AppState, job: Job, attempt: Attempt) -> Any:
+    """The job as its model's `/infer` request, queued as background work."""
+    body = job_body(state, job.model, job.input)
+    timeout = job.timeout if job.timeout is not None else body.timeout
+    deadline = inference.deadline_after(state.supervisor, attempt.taken_at, timeout)
+    queueing = inference.Admission(
+        job.priority, deadline, background=True, on_start=attempt.on_start
+    )
+    outcome = await inference.infer(state, job.model, body.to_runtime(), queueing, body.keep_alive)
+    return outcome.result
+
+
+def job_slots(state: AppState, model: str) -> int:
+    """Jobs handed to a model's queue at once: a full batch, or one if the model does not batch."""
+    try:
+        task = state.supervisor.model(model).task
+    except UnknownModelError:
+        return 1  # no longer served: its jobs fail one by one
+    settings = state.scheduler.settings(model)
+    return settings.max_batch_size if inference.is_batched(task) else settings.max_in_flight
+
+
+def job_body(state: AppState, model: str, input: JobInput) -> InferOptions:
+    """A job's input as the model's `/infer` request; errors name the field under `input`."""
+    fields = input if isinstance(input, dict) else {"inputs": input}
+    try:
+        return request_schema(state.supervisor.model(model).task).model_validate(fields)
+    except ValidationError as error:
+        errors = RequestValidationError.from_pydantic(error).errors
+        raise RequestValidationError(
+            [FieldError(field=f"input.{e.field}".rstrip("."), message=e.message) for e in errors]
+        ) from None
 
 
 ENDPOINTS = [
