@@ -155,7 +155,7 @@ def report(
     print(f"kills: {len(kills)}; kill to next 200: {shown}")
     print(
         f"end: state {status['state']}, crashes {status['crashes']}, "
-        f"crash streak {status['crash_streak']}, error {status['error']!r}"
+        f"crash streak {status.get('crash_streak', '-')}, error {status['error']!r}"
     )
     print(
         f"processes under the server: {before[0]} before, {after[0]} after; left after stop: {left}"
