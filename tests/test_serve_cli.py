@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -165,3 +166,11 @@ def test_quiet_serve_maps_to_a_real_logging_level() -> None:
     logging.config.dictConfig(log_config(quiet.log_level))  # raised for the old "quiet"
     assert quiet.log_level == "warning"
     assert settings.ServeConfig().server.log_level == "info"
+
+
+def test_a_request_deadline_is_its_timeout_else_the_servers_and_zero_means_none() -> None:
+    limited = settings.SupervisorSettings(request_timeout=60)
+    assert limited.deadline_after(100.0, None) == 160.0
+    assert limited.deadline_after(100.0, 5) == 105.0
+    assert limited.deadline_after(100.0, 0) == math.inf
+    assert settings.SupervisorSettings(request_timeout=0).deadline_after(100.0, None) == math.inf

@@ -13,6 +13,7 @@ is reported with where it came from.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -79,6 +80,12 @@ class SupervisorSettings:
     """fork from a template process with the imports done (auto on Linux), or spawn afresh."""
     template_imports: tuple[str, ...] = TEMPLATE_IMPORTS
     """Modules imported once before workers are forked (or by each spawned worker)."""
+
+    def deadline_after(self, start: float, timeout: float | None) -> float:
+        """A request's deadline (a time.monotonic() value): `timeout` seconds after `start`, else
+        `request_timeout`; 0 or less means none (math.inf)."""
+        seconds = self.request_timeout if timeout is None else timeout
+        return start + seconds if seconds > 0 else math.inf
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -58,23 +59,25 @@ class LoadFailed(UnavailableError):
     """The model could not be loaded: missing file, bad weights, out of memory, crash, timeout."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Deadline:
-    seconds: float
+    until: float
+    """time.monotonic() at which the request gives up; math.inf for never."""
     started: float = field(default_factory=time.monotonic)
 
     def remaining(self) -> float | None:
-        if self.seconds <= 0:
+        if math.isinf(self.until):
             return None
-        return max(0.0, self.started + self.seconds - time.monotonic())
+        return max(0.0, self.until - time.monotonic())
 
     async def run(self, awaitable: Awaitable[T], name: str, doing: str) -> T:
         """Await with what time is left; DeadlineExceededError naming what took too long."""
         try:
             return await asyncio.wait_for(awaitable, self.remaining())
         except TimeoutError:
+            seconds = self.until - self.started
             raise DeadlineExceededError(
-                f"model '{name}' did not answer within {self.seconds:g} s ({doing})",
+                f"model '{name}' did not answer within {seconds:g} s ({doing})",
                 hint="pass a longer timeout, or raise the server's request timeout",
             ) from None
 
@@ -178,7 +181,7 @@ class Supervisor:
         slot = self.slot(name)
         slot.forget_failure()
         self.notify()  # a restart waiting out its backoff gives way
-        await self.wait_for_unload(slot, Deadline(0))
+        await self.wait_for_unload(slot, Deadline(math.inf))
         slot.keep_alive = self.default_keep_alive(slot.model)
         await asyncio.shield(self.load_task(slot))
         self.schedule_idle_unload(slot)
@@ -249,7 +252,8 @@ class Supervisor:
         self.schedule_idle_unload(slot)
 
     def deadline(self, timeout: float | None) -> Deadline:
-        return Deadline(self.settings.request_timeout if timeout is None else timeout)
+        now = time.monotonic()
+        return Deadline(self.settings.deadline_after(now, timeout), now)
 
     @contextlib.asynccontextmanager
     async def request_scope(self, slot: Slot, keep_alive: float | None) -> AsyncIterator[None]:

@@ -53,7 +53,7 @@ def admission(
     request: Request, arrival: float, priority: int | None, timeout: float | None
 ) -> Admission:
     """The request's priority; its deadline counts from `arrival`, before the body was read."""
-    deadline = deadline_after(app_state(request).supervisor, arrival, timeout)
+    deadline = app_state(request).supervisor.settings.deadline_after(arrival, timeout)
     return Admission(request_priority(request, priority), deadline, request.is_disconnected)
 
 
@@ -62,12 +62,6 @@ def request_priority(request: Request, priority: int | None) -> int:
     if priority is not None:
         return priority
     return parse_priority(request.headers.get("x-priority"))
-
-
-def deadline_after(supervisor: Supervisor, start: float, timeout: float | None) -> float:
-    """`timeout` seconds after `start`, else the server's request timeout (0 or less: none)."""
-    seconds = supervisor.settings.request_timeout if timeout is None else timeout
-    return start + seconds if seconds > 0 else math.inf
 
 
 def is_batched(task: str) -> bool:

@@ -97,7 +97,7 @@ async def run_job(state: AppState, job: Job, attempt: Attempt) -> Any:
     """The job as its model's `/infer` request, queued as background work."""
     body = job_body(state, job.model, job.input)
     timeout = job.timeout if job.timeout is not None else body.timeout
-    deadline = inference.deadline_after(state.supervisor, attempt.taken_at, timeout)
+    deadline = state.supervisor.settings.deadline_after(attempt.taken_at, timeout)
     queueing = inference.Admission(
         job.priority, deadline, background=True, on_start=attempt.on_start
     )
