@@ -23,6 +23,7 @@ from modelfactory import build_classification_model, build_embedding_model
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from runtimes_for_tests import recorded_batches, text_vector
+from waiting import eventually
 
 from modelmora.manifest import ModelSpec
 from modelmora.serve.app import create_app
@@ -174,13 +175,6 @@ def embed(http: httpx.Client, model: str, inputs: str | list[str], **fields: Any
     return http.post(f"/infer/{model}", json={"inputs": inputs, **fields}, headers=headers)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
-
-
 def computing(records: Path, model: str, text: str) -> Callable[[], bool]:
     """True once the model's worker has started the batch holding `text`."""
     return lambda: any(text in batch for batch in recorded_batches(records / f"{model}.jsonl"))
@@ -209,14 +203,14 @@ def test_higher_priority_overtakes_queued_lower_priority(
     http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
     blocker = pool.submit(embed, http, "one", "sleep:1000")
-    wait_until(computing(records, "one", "sleep:1000"))
+    eventually(computing(records, "one", "sleep:1000"))
     sent: list[Future[httpx.Response]] = []
     plan = [("low-0", "low"), ("low-1", "low"), ("high-0", "2"), ("low-2", "0"), ("high-1", "2")]
     for number, (text, priority) in enumerate(plan, start=1):
         sent.append(pool.submit(embed, http, "one", text, headers={"X-Priority": priority}))
-        wait_until(lambda n=number: sum(queued(http, "one").values()) == n)  # type: ignore[misc]
+        eventually(lambda n=number: sum(queued(http, "one").values()) == n)  # type: ignore[misc]
     sent.append(pool.submit(embed, http, "one", "critical-0", priority="critical"))
-    wait_until(lambda: queued(http, "one")["critical"] == 1)
+    eventually(lambda: queued(http, "one")["critical"] == 1)
     info = http.get("/models/one").json()
 
     assert blocker.result().status_code == 200
@@ -251,7 +245,7 @@ def test_a_queued_request_gets_504_at_its_deadline_and_is_never_computed(
     http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
     blocker = pool.submit(embed, http, "one", "sleep:4000")
-    wait_until(computing(records, "one", "sleep:4000"))
+    eventually(computing(records, "one", "sleep:4000"))
     started = time.monotonic()
     late = embed(http, "one", "too-late", timeout=0.3)
     waited = time.monotonic() - started
@@ -270,7 +264,7 @@ def test_a_client_that_left_is_dropped_before_compute(
     url: str, http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
     blocker = pool.submit(embed, http, "one", "sleep:800")
-    wait_until(computing(records, "one", "sleep:800"))
+    eventually(computing(records, "one", "sleep:800"))
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
         httpx.post(f"{url}/infer/one", json={"inputs": "gone"}, timeout=0.2)
 
@@ -288,9 +282,9 @@ def test_a_full_queue_answers_429_at_once_and_every_accepted_request_completes(
     http: httpx.Client, pool: ThreadPoolExecutor, records: Path
 ) -> None:
     blocker = pool.submit(embed, http, "small", "sleep:3000")
-    wait_until(computing(records, "small", "sleep:3000"))
+    eventually(computing(records, "small", "sleep:3000"))
     filling = [pool.submit(embed, http, "small", ["x", f"filling #{i}"]) for i in range(2)]
-    wait_until(lambda: sum(queued(http, "small").values()) == 2)  # 4 inputs: max_queue
+    eventually(lambda: sum(queued(http, "small").values()) == 2)  # 4 inputs: max_queue
     full = embed(http, "small", "one too many")
     refused_while_full = not blocker.done()
     held = [future.result().status_code for future in [blocker, *filling]]

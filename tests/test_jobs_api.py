@@ -13,8 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 from liveserver import serve
 from runtimes_for_tests import recorded_batches, text_vector
 from test_cli import run
+from waiting import eventually
 
 from modelmora.errors import ModelmoraError
 from modelmora.serve import config as settings
@@ -69,11 +69,11 @@ def submit(http: httpx.Client, input: Any, model: str = "rec", **fields: Any) ->
 
 
 def wait_for_state(http: httpx.Client, job_id: str, *states: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while (job := http.get(f"/jobs/{job_id}").json())["state"] not in states:
-        assert time.monotonic() < deadline, job
-        time.sleep(0.02)
-    return job
+    def job_in_state() -> dict[str, Any] | None:
+        job: dict[str, Any] = http.get(f"/jobs/{job_id}").json()
+        return job if job["state"] in states else None
+
+    return eventually(job_in_state, what=f"job {job_id} to be {' or '.join(states)}")
 
 
 def test_a_job_answers_202_at_once_then_runs_to_its_result(http: httpx.Client) -> None:
@@ -131,7 +131,7 @@ def test_a_job_waiting_in_its_models_queue_is_queued_and_can_be_cancelled(
     blocker = submit(http, "sleep:3000", model="wide")
     wait_for_state(http, blocker, "running")
     waiting = [submit(http, f"waiting {i}", model="wide") for i in range(3)]
-    wait_until(lambda: sum(http.get("/models/wide").json()["queued"].values()) == 3)
+    eventually(lambda: sum(http.get("/models/wide").json()["queued"].values()) == 3)
 
     states = [http.get(f"/jobs/{job_id}").json()["state"] for job_id in waiting]
     cancelled = [http.delete(f"/jobs/{job_id}") for job_id in waiting]
@@ -230,7 +230,7 @@ def test_jobs_survive_a_sigkill_of_the_server_and_run_after_restart(
     jobs_path = tmp_path / "jobs.sqlite3"
     with running_server(jobs_path, record) as base:
         ids = [submit_to(base, text) for text in ("sleep:2000", "second", "third")]
-        wait_until(lambda: any("sleep:2000" in batch for batch in recorded_batches(record)))
+        eventually(lambda: any("sleep:2000" in batch for batch in recorded_batches(record)))
     # killed with SIGKILL: the first job was running, the others queued
     with running_server(jobs_path, record) as base, httpx.Client(base_url=base) as http:
         jobs = [wait_for_state(http, job_id, "succeeded") for job_id in ids]
@@ -272,7 +272,7 @@ class running_server:
         env = {**os.environ, "PYTHONPATH": pythonpath}
         self.process = subprocess.Popen([sys.executable, "-c", self.script], env=env)
         base = f"http://127.0.0.1:{self.port}"
-        wait_until(lambda: is_serving(base))
+        eventually(lambda: is_serving(base))
         return base
 
     def __exit__(self, *exc_info: object) -> None:
@@ -290,10 +290,3 @@ def is_serving(base: str) -> bool:
 def submit_to(base: str, text: str) -> str:
     with httpx.Client(base_url=base) as http:
         return submit(http, text)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
