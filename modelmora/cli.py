@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 import typer
 
-from modelmora import __version__
+from modelmora import __version__, output
 from modelmora.errors import ModelmoraError
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def lock(
         raise ModelmoraError("naming models needs --upgrade", "run `modelmora lock --upgrade NAME`")
     result = project.lock(current, upgrade=names or upgrade, dry_run=dry_run, offline=offline)
     if as_json:
-        return emit_json({"written": result.written, "changes": [vars(c) for c in result.changes]})
+        return emit_json(output.lock_json(result))
     _print_lock(result.changes, dry_run, result.written)
 
 
@@ -248,7 +248,7 @@ def install(
     with _progress(not as_json) as progress:
         result = project.install(_project(), mode=mode, offline=offline, progress=progress)
     if as_json:
-        return emit_json(vars(result))
+        return emit_json(output.install_json(result))
     _print_install(result)
 
 
@@ -267,7 +267,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print as JSO
 
     infos = project.list_models(_project())
     if as_json:
-        return emit_json([_info_json(info, files=False) for info in infos])
+        return emit_json([output.model_json(info, files=False) for info in infos])
     if not infos:
         return say("No models yet; add one with `modelmora add hf://ORG/REPO`")
     _print_table(infos)
@@ -293,22 +293,6 @@ def _print_table(infos: list[ModelInfo]) -> None:
     _console().print(table)
 
 
-def _info_json(info: ModelInfo, files: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "name": info.name,
-        "task": info.task,
-        "source": info.source,
-        "revision": info.revision,
-        "commit": info.commit,
-        "size": info.size,
-        "installed": info.installed,
-        "path": str(info.path.resolve()) if info.path else None,
-    }
-    if files:
-        data["files"] = [vars(file) for file in info.files]
-    return data
-
-
 @app.command()
 def show(
     name: str = typer.Argument(metavar="NAME", help="The model to describe."),
@@ -319,10 +303,10 @@ def show(
 
     info = project.show(_project(), name)
     if as_json:
-        return emit_json(_info_json(info, files=True))
-    data = _info_json(info, files=False)
+        return emit_json(output.model_json(info, files=True))
+    data = output.model_json(info, files=False)
     for key, value in data.items():
-        say(f"[bold]{key:>9}[/]  {human_size(value) if key == 'size' else value}")
+        say(f"[bold]{key:>9}[/]  {human_size(info.size) if key == 'size' else value}")
     for file in info.files:
         say(f"           {file.path}  {human_size(file.size)}  sha256:{file.sha256[:16]}")
 
@@ -532,7 +516,7 @@ def verify(
 
     result = verify_cache(Cache(), repair=repair, offline=offline)
     if as_json:
-        return emit_json(vars(result))
+        return emit_json(output.verify_json(result))
     say(f"Checked {result.blobs} files ({human_size(result.bytes_checked)})")
     for sha in result.corrupt:
         fixed = " (repaired)" if sha in result.repaired else ""
@@ -553,7 +537,7 @@ def gc(
 
     report = gc_cache(Cache(), dry_run=dry_run)
     if as_json:
-        return emit_json({**vars(report), "dry_run": dry_run})
+        return emit_json(output.gc_json(report, dry_run=dry_run))
     verb = "Would free" if dry_run else "Freed"
     counts = f"{report.blobs} files, {report.snapshots} snapshots"
     say(f"{verb} {human_size(report.bytes_freed)}: {counts}")

@@ -1,0 +1,141 @@
+"""What `--json` prints for the package manager's commands: one declared record per command.
+
+Each record is a TypedDict built by an explicit function from the command's result, so the public
+output is its own schema: renaming a field of an internal dataclass fails the type check here
+instead of silently changing what scripts read. docs/json.md documents the same records. (The
+serving commands print the server's published schemas: `ModelStatus`, `InferResponse`, `JobList`.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+if TYPE_CHECKING:
+    from modelmora.cache import GcReport
+    from modelmora.lockfile import LockedFile
+    from modelmora.project import InstallResult, LockResult, ModelInfo, VerifyResult
+
+
+class LockChangeJson(TypedDict):
+    name: str
+    kind: Literal["added", "removed", "updated", "unchanged"]
+    old_commit: str | None
+    new_commit: str | None
+
+
+class LockJson(TypedDict):
+    """`modelmora lock --json`."""
+
+    written: bool
+    changes: list[LockChangeJson]
+
+
+class InstallJson(TypedDict):
+    """`modelmora install --json`."""
+
+    models: list[str]
+    files_downloaded: int
+    bytes_downloaded: int
+    files_cached: int
+    removed: list[str]
+
+
+class FileJson(TypedDict):
+    path: str
+    size: int
+    sha256: str
+
+
+class ModelJson(TypedDict, total=False):
+    """`modelmora list --json` (one per model) and `modelmora show NAME --json` (with `files`)."""
+
+    name: str
+    task: str
+    source: str
+    revision: str
+    commit: str | None
+    size: int
+    installed: bool
+    path: str | None
+    files: list[FileJson]
+
+
+class VerifyJson(TypedDict):
+    """`modelmora cache verify --json`."""
+
+    blobs: int
+    bytes_checked: int
+    corrupt: list[str]
+    repaired: list[str]
+    unrepairable: list[str]
+
+
+class GcJson(TypedDict):
+    """`modelmora cache gc --json`."""
+
+    blobs: int
+    snapshots: int
+    bytes_freed: int
+    dry_run: bool
+
+
+def lock_json(result: LockResult) -> LockJson:
+    changes: list[LockChangeJson] = [
+        {
+            "name": change.name,
+            "kind": change.kind,
+            "old_commit": change.old_commit,
+            "new_commit": change.new_commit,
+        }
+        for change in result.changes
+    ]
+    return {"written": result.written, "changes": changes}
+
+
+def install_json(result: InstallResult) -> InstallJson:
+    return {
+        "models": list(result.models),
+        "files_downloaded": result.files_downloaded,
+        "bytes_downloaded": result.bytes_downloaded,
+        "files_cached": result.files_cached,
+        "removed": list(result.removed),
+    }
+
+
+def model_json(info: ModelInfo, *, files: bool) -> ModelJson:
+    data: ModelJson = {
+        "name": info.name,
+        "task": info.task,
+        "source": info.source,
+        "revision": info.revision,
+        "commit": info.commit,
+        "size": info.size,
+        "installed": info.installed,
+        "path": str(info.path.resolve()) if info.path else None,
+    }
+    if files:
+        data["files"] = [file_json(file) for file in info.files]
+    return data
+
+
+def file_json(file: LockedFile) -> FileJson:
+    return {"path": file.path, "size": file.size, "sha256": file.sha256}
+
+
+def verify_json(result: VerifyResult) -> VerifyJson:
+    return {
+        "blobs": result.blobs,
+        "bytes_checked": result.bytes_checked,
+        "corrupt": list(result.corrupt),
+        "repaired": list(result.repaired),
+        "unrepairable": list(result.unrepairable),
+    }
+
+
+def gc_json(report: GcReport, *, dry_run: bool) -> GcJson:
+    return {
+        "blobs": report.blobs,
+        "snapshots": report.snapshots,
+        "bytes_freed": report.bytes_freed,
+        "dry_run": dry_run,
+    }

@@ -1,0 +1,48 @@
+"""The package manager's `--json` records: built from its results, documented field by field."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from modelmora import output
+from modelmora.cache import GcReport
+from modelmora.lockfile import LockedFile
+from modelmora.project import InstallResult, ModelInfo, VerifyResult
+
+DOCS = Path(__file__).parent.parent / "docs" / "json.md"
+RECORDS: list[Any] = [
+    output.LockJson,
+    output.LockChangeJson,
+    output.InstallJson,
+    output.ModelJson,
+    output.FileJson,
+    output.VerifyJson,
+    output.GcJson,
+]
+
+
+def test_every_field_of_every_record_is_documented() -> None:
+    documented = set(re.findall(r"`(\w+)`", DOCS.read_text()))
+    for record in RECORDS:
+        missing = set(record.__annotations__) - documented
+        assert not missing, f"{record.__name__}: {sorted(missing)} not in docs/json.md"
+
+
+def test_records_hold_plain_json_values_with_exactly_the_declared_fields() -> None:
+    file = LockedFile("model.safetensors", 10, "ab" * 32)
+    info = ModelInfo("m", "embedding", "hf://org/m", "main", "c0ffee", 10, (file,), True, None)
+    built = [
+        (output.install_json(InstallResult(("m",), 1, 10, 2, ("old",))), output.InstallJson),
+        (output.model_json(info, files=True), output.ModelJson),
+        (output.verify_json(VerifyResult(3, 30, ("x",), (), ("x",))), output.VerifyJson),
+        (output.gc_json(GcReport(1, 2, 3), dry_run=True), output.GcJson),
+    ]
+    for record, schema in built:
+        assert set(record) == set(schema.__annotations__)
+        assert all(not isinstance(value, tuple) for value in record.values())  # lists, not tuples
+    assert output.model_json(info, files=True)["files"] == [
+        {"path": "model.safetensors", "size": 10, "sha256": "ab" * 32}
+    ]
+    assert "files" not in output.model_json(info, files=False)
