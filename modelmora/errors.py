@@ -154,4 +154,3 @@ SERVE_ERRORS: tuple[type[ServeError], ...] = (
 def serve_error_class(code: str | None) -> type[ServeError]:
     """The ServeError subclass whose `code` this is (a worker's reply, a server's response)."""
     return next((cls for cls in SERVE_ERRORS if cls.code == code), ServeError)
-
