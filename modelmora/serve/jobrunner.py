@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelmora.errors import ServeError
-from modelmora.serve.api.schemas import JobInput
-from modelmora.serve.jobstore import Job, JobStore
+from modelmora.serve.jobstore import Job, JobInput, JobStore
 from modelmora.serve.tasks import TaskGroup
 
 logger = logging.getLogger("modelmora.serve.jobrunner")

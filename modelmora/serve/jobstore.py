@@ -29,6 +29,8 @@ from typing import Any, Literal, TypeVar, cast, get_args
 from modelmora.errors import InvalidInputError, JobNotCancellableError, JobNotFoundError
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobInput = str | list[str] | dict[str, Any]
+"""What a job runs on: a text or texts (an `/infer` request's `inputs`), or a whole request body."""
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 DEFAULT_RETENTION = 24 * 3600.0

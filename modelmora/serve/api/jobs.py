@@ -28,14 +28,13 @@ from modelmora.serve.api.schemas import (
     FieldError,
     InferOptions,
     JobInfo,
-    JobInput,
     JobList,
     JobRequest,
     JobsQuery,
     request_schema,
 )
 from modelmora.serve.jobrunner import Attempt, JobRunner
-from modelmora.serve.jobstore import Job, JobStore
+from modelmora.serve.jobstore import Job, JobInput, JobStore
 
 
 async def create_job(request: Request) -> Response:

@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from modelmora.runtimes import sampling
-from modelmora.serve.jobstore import Job, JobPage, JobState
+from modelmora.serve.jobstore import Job, JobInput, JobPage, JobState
 from modelmora.serve.scheduler import CRITICAL, LOW, PRIORITIES
 from modelmora.serve.status import ModelState, ModelStatus
 from modelmora.units import DURATION_PATTERN, parse_duration
@@ -518,9 +518,6 @@ class ModelCard(BaseModel):
 class ModelCards(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-JobInput = str | list[str] | dict[str, Any]
 
 
 class JobRequest(RequestBody):
