@@ -550,7 +550,6 @@ class Supervisor:
         await self.wait_until(lambda: self.is_stopping or slot.restart_in() == 0, delay)
         if self.is_stopping or slot.state != "restarting":
             return
-        slot.restart_at = None
         with contextlib.suppress(ServeError):
             await self.load_task(slot)
         self.schedule_idle_unload(slot)
