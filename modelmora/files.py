@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 
 CHUNK = 1024 * 1024
+_UMASK_LOCK = threading.Lock()
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a unique temp file beside `path`, fsync, then rename over it."""
+    """Write to a unique temp file beside `path`, fsync, then rename over it.
+
+    The file keeps the mode it had; a new one gets the umask's, as `open()` would give it
+    (mkstemp alone would leave every file we write at 0600).
+    """
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as file:
             file.write(payload)
             file.flush()
@@ -24,6 +33,21 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask; reading it means setting it, so the swap is serialised."""
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return umask
 
 
 def write_if_changed(path: Path, text: str) -> bool:
