@@ -158,9 +158,19 @@ def add(
     task: str | None = typer.Option(None, help="embedding, text-generation, text-classification."),
     revision: str | None = typer.Option(None, help="Branch, tag or commit (Hub sources)."),
     include: list[str] | None = typer.Option(None, help="Glob of files to take; repeatable."),
+    exclude: list[str] | None = typer.Option(None, help="Glob of files to leave; repeatable."),
+    allow_pickle: bool | None = typer.Option(
+        None, "--allow-pickle", help="Accept pickle weights (*.bin, *.pt): they can run code."
+    ),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Give an existing model NAME this source; keeps its settings."
+    ),
     offline: bool = typer.Option(False, help="Work from the cache only."),
 ) -> None:
     """Add a model to the manifest, then lock and install it."""
+    from rich.markup import escape
+
     from modelmora import project
 
     with _progress() as progress:
@@ -171,13 +181,19 @@ def add(
             task=task,
             revision=revision,
             include=include or None,
+            exclude=exclude or None,
+            allow_pickle=allow_pickle,
+            device=device,
+            replace=replace,
             offline=offline,
             progress=progress,
         )
+    for warning in result.warnings:
+        _console(stderr=True).print(f"[bold yellow]warning:[/] {escape(warning)}")
     locked = result.locked
     say(
         f"Added [bold]{result.name}[/] ({locked.task}) at {locked.commit[:12]}: "
-        f"{len(locked.files)} files, {human_size(locked.size)}"
+        f"{plural(len(locked.files), 'file')}, {human_size(locked.size)}"
     )
 
 
@@ -203,6 +219,8 @@ def lock(
     from modelmora import project
 
     current = _project()
+    if check and as_json:
+        return _check_lock_json(current)
     if check:
         project.check_lock(current)
         return say("modelmora.lock is up to date")
@@ -212,6 +230,16 @@ def lock(
     if as_json:
         return emit_json(output.lock_json(result))
     _print_lock(result.changes, dry_run, result.written)
+
+
+def _check_lock_json(current: Project) -> None:
+    """`{"fresh": ...}` on stdout; exit 1 when stale, as the plain `lock --check`."""
+    from modelmora import lockfile
+
+    stale = lockfile.changes(current.manifest(), current.lock())
+    emit_json(output.lock_check_json(stale))
+    if stale:
+        raise SystemExit(1)
 
 
 def _print_lock(changes: Any, dry_run: bool, written: bool) -> None:
@@ -273,24 +301,53 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print as JSO
     _print_table(infos)
 
 
+LIST_COLUMNS = ("name", "task", "source", "commit", "size", "status")
+MIN_SOURCE_WIDTH = 16  # narrower, a folded URL is unreadable: leave the column out instead
+
+
 def _print_table(infos: list[ModelInfo]) -> None:
+    """Names, tasks and sizes never wrap; a long source folds, or is left out when it cannot fit."""
     from rich.table import Table
 
+    console = _console()
+    rows = [_list_row(info) for info in infos]
+    room = console.width - _width_without_source(rows)
+    needed = min(MIN_SOURCE_WIDTH, max(len(row["source"]) for row in rows))
+    columns = [c for c in LIST_COLUMNS if c != "source" or room >= needed]
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "task", "source", "commit", "size", "status"):
-        table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
-    for info in infos:
-        status = "installed" if info.installed else "locked" if info.commit else "not locked"
-        color = "green" if info.installed else "yellow"
-        table.add_row(
-            info.name,
-            info.task,
-            info.source,
-            (info.commit or "-")[:12],
-            human_size(info.size) if info.commit else "-",
-            f"[{color}]{status}[/]",
+    for column in columns:
+        fold = column == "source"
+        table.add_column(
+            column,
+            justify="right" if column == "size" else "left",
+            no_wrap=not fold,
+            overflow="fold" if fold else "ellipsis",
         )
-    _console().print(table)
+    for row in rows:
+        color = "green" if row["status"] == "installed" else "yellow"
+        row["status"] = f"[{color}]{row['status']}[/]"
+        table.add_row(*(row[column] for column in columns))
+    console.print(table)
+    if "source" not in columns:
+        say("[dim](sources left out at this width: `modelmora show NAME` has them)[/]")
+
+
+def _list_row(info: ModelInfo) -> dict[str, str]:
+    return {
+        "name": info.name,
+        "task": info.task,
+        "source": info.source,
+        "commit": (info.commit or "-")[:12],
+        "size": human_size(info.size) if info.commit else "-",
+        "status": "installed" if info.installed else "locked" if info.commit else "not locked",
+    }
+
+
+def _width_without_source(rows: list[dict[str, str]]) -> int:
+    """Columns the table prints in full, and the two spaces between each pair of columns."""
+    others = [column for column in LIST_COLUMNS if column != "source"]
+    widths = [max(len(column), *(len(row[column]) for row in rows)) for column in others]
+    return sum(widths) + 2 * (len(LIST_COLUMNS) - 1)
 
 
 @app.command()
@@ -301,14 +358,43 @@ def show(
     """Show a model's source, commit, files and where it is installed."""
     from modelmora import project
 
-    info = project.show(_project(), name)
+    current = _project()
+    info = project.show(current, _known_model(current, name))
     if as_json:
         return emit_json(output.model_json(info, files=True))
-    data = output.model_json(info, files=False)
-    for key, value in data.items():
-        say(f"[bold]{key:>9}[/]  {human_size(info.size) if key == 'size' else value}")
+    for key, value in _show_fields(info):
+        say(f"[bold]{key:>9}[/]  {value}")
     for file in info.files:
         say(f"           {file.path}  {human_size(file.size)}  sha256:{file.sha256[:16]}")
+
+
+def _show_fields(info: ModelInfo) -> list[tuple[str, str]]:
+    """What `show` prints for people: `yes`/`no`, `-` for nothing, sizes in kB/MB/GB."""
+    return [
+        ("name", info.name),
+        ("task", info.task),
+        ("source", info.source),
+        ("revision", info.revision or "-"),
+        ("commit", info.commit or "-"),
+        ("size", human_size(info.size) if info.commit else "-"),
+        ("files", str(len(info.files)) if info.commit else "-"),
+        ("installed", "yes" if info.installed else "no"),
+        ("path", str(info.path.resolve()) if info.path else "-"),
+    ]
+
+
+def _known_model(current: Project, name: str) -> str:
+    """`name` if the manifest has it; else an error that suggests the closest name."""
+    import difflib
+
+    from modelmora.errors import ManifestError
+
+    names = list(current.manifest().models)
+    if name in names:
+        return name
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see `modelmora list`"
+    raise ManifestError(f"no model named '{name}' in modelmora.toml", hint)
 
 
 @app.command()
@@ -316,7 +402,8 @@ def path(name: str = typer.Argument(help="The model whose folder to print.")) ->
     """Print the folder a model is installed in (loadable with from_pretrained)."""
     from modelmora import project
 
-    print(project.model_path(_project(), name))
+    current = _project()
+    print(project.model_path(current, _known_model(current, name)))
 
 
 # --- serving commands ---------------------------------------------------------------------------
@@ -517,13 +604,14 @@ def verify(
     result = verify_cache(Cache(), repair=repair, offline=offline)
     if as_json:
         return emit_json(output.verify_json(result))
-    say(f"Checked {result.blobs} files ({human_size(result.bytes_checked)})")
+    say(f"Checked {plural(result.blobs, 'file')} ({human_size(result.bytes_checked)})")
     for sha in result.corrupt:
         fixed = " (repaired)" if sha in result.repaired else ""
         _console(stderr=True).print(f"[red]corrupt[/] sha256:{sha}{fixed}")
     if set(result.corrupt) - set(result.repaired):
         hint = "run `modelmora cache verify --repair`" if not repair else "see the files above"
-        raise ModelmoraError(f"{len(result.corrupt) - len(result.repaired)} corrupt files", hint)
+        left = len(result.corrupt) - len(result.repaired)
+        raise ModelmoraError(plural(left, "corrupt file"), hint)
 
 
 @cache_app.command()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 
 if TYPE_CHECKING:
     from modelmora.cache import GcReport
-    from modelmora.lockfile import LockedFile
+    from modelmora.lockfile import Change, LockedFile
     from modelmora.project import InstallResult, LockResult, ModelInfo, VerifyResult
 
 
@@ -28,6 +28,19 @@ class LockJson(TypedDict):
 
     written: bool
     changes: list[LockChangeJson]
+
+
+class StaleModelJson(TypedDict):
+    name: str
+    kind: str  # "added", "removed" or "changed", as lockfile.Change
+    detail: str
+
+
+class LockCheckJson(TypedDict):
+    """`modelmora lock --check --json`."""
+
+    fresh: bool
+    stale: list[StaleModelJson]
 
 
 class InstallJson(TypedDict):
@@ -90,6 +103,13 @@ def lock_json(result: LockResult) -> LockJson:
         for change in result.changes
     ]
     return {"written": result.written, "changes": changes}
+
+
+def lock_check_json(stale: list[Change]) -> LockCheckJson:
+    models: list[StaleModelJson] = [
+        {"name": change.name, "kind": change.kind, "detail": change.describe()} for change in stale
+    ]
+    return {"fresh": not stale, "stale": models}
 
 
 def install_json(result: InstallResult) -> InstallJson:

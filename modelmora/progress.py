@@ -35,7 +35,8 @@ class PlainProgress(SilentProgress):
 
     def begin(self, files: int, total_bytes: int) -> None:
         if files:
-            self.write(f"Downloading {files} files ({total_bytes / 1e6:.1f} MB)")
+            noun = "file" if files == 1 else "files"
+            self.write(f"Downloading {files} {noun} ({total_bytes / 1e6:.1f} MB)")
 
     def start(self, key: str, label: str, size: int) -> None:
         with self.lock:
@@ -86,7 +87,8 @@ class RichProgress(SilentProgress):
 
     def begin(self, files: int, total_bytes: int) -> None:
         if files:
-            self.total = self.bars.add_task(f"total ({files} files)", total=total_bytes)
+            noun = "file" if files == 1 else "files"
+            self.total = self.bars.add_task(f"total ({files} {noun})", total=total_bytes)
 
     def start(self, key: str, label: str, size: int) -> None:
         self.tasks[key] = self.bars.add_task(label, total=size)

@@ -15,6 +15,8 @@ DOCS = Path(__file__).parent.parent / "docs" / "json.md"
 RECORDS: list[Any] = [
     output.LockJson,
     output.LockChangeJson,
+    output.LockCheckJson,
+    output.StaleModelJson,
     output.InstallJson,
     output.ModelJson,
     output.FileJson,

@@ -1,0 +1,143 @@
+"""The package manager's commands as people read them, run in-process through `cli.main`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fakehub import FakeHub
+from test_project import tiny_repo
+
+from modelmora import cli, project
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Result]:
+    """`modelmora ARGS...` in this process, at 80 columns; its exit code and both outputs."""
+    monkeypatch.setenv("COLUMNS", "80")
+
+    def run(*args: str, cwd: Path, code: int = 0) -> Result:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["modelmora", *args])
+        capsys.readouterr()
+        try:
+            cli.main()
+            exit_code = 0
+        except SystemExit as stop:
+            exit_code = stop.code if isinstance(stop.code, int) else 1
+        out, err = capsys.readouterr()
+        assert exit_code == code, out + err
+        return Result(exit_code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def demo(fake_hub: FakeHub, tmp_path: Path) -> Path:
+    """A project with one installed model, `tiny-embedder` (task: embedding)."""
+    fake_hub.add_commit("acme/tiny", tiny_repo())
+    current = project.init(tmp_path / "demo")
+    project.add(current, "hf://acme/tiny", name="tiny-embedder", task="embedding")
+    return current.root
+
+
+CliRun = Callable[..., Result]
+
+
+def test_lock_check_json_says_fresh(cli_run: CliRun, demo: Path) -> None:
+    checked = cli_run("lock", "--check", "--json", cwd=demo)
+    assert json.loads(checked.stdout) == {"fresh": True, "stale": []}
+
+
+def test_lock_check_json_names_the_stale_models_and_exits_1(cli_run: CliRun, demo: Path) -> None:
+    manifest = demo / "modelmora.toml"
+    manifest.write_text(manifest.read_text().replace('"embedding"', '"text-classification"'))
+    checked = cli_run("lock", "--check", "--json", cwd=demo, code=1)
+    detail = 'model \'tiny-embedder\' changed (task: "embedding" -> "text-classification")'
+    assert json.loads(checked.stdout) == {
+        "fresh": False,
+        "stale": [
+            {
+                "name": "tiny-embedder",
+                "kind": "changed",
+                "detail": detail,
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("command", ["show", "path"])
+def test_an_unknown_model_gets_a_did_you_mean(cli_run: CliRun, demo: Path, command: str) -> None:
+    failed = cli_run(command, "tiny-embeder", cwd=demo, code=1)
+    assert failed.stderr.strip() == (
+        "error: no model named 'tiny-embeder' in modelmora.toml; did you mean 'tiny-embedder'?"
+    )
+    unlike = cli_run(command, "zzz", cwd=demo, code=1)
+    assert unlike.stderr.strip().endswith("; see `modelmora list`")
+
+
+def test_show_prints_words_and_sizes_not_python_values(cli_run: CliRun, demo: Path) -> None:
+    shown = cli_run("show", "tiny-embedder", cwd=demo).stdout
+    fields = dict(line.split(None, 1) for line in shown.splitlines()[:9])
+    assert fields["installed"] == "yes"
+    assert fields["revision"] == "-"
+    assert fields["size"] == "300.1 kB"  # tiny_repo: 300 kB of weights and three small files
+    assert "True" not in shown and "None" not in shown
+
+
+def test_show_of_a_model_not_locked_yet(cli_run: CliRun, demo: Path) -> None:
+    manifest = demo / "modelmora.toml"
+    manifest.write_text(manifest.read_text() + '\n[models.later]\nsource = "hf://acme/later"\n')
+    manifest.write_text(manifest.read_text() + 'task = "embedding"\n')
+    fields = dict(
+        line.split(None, 1) for line in cli_run("show", "later", cwd=demo).stdout.splitlines()
+    )
+    assert (fields["commit"], fields["size"], fields["installed"], fields["path"]) == (
+        "-",
+        "-",
+        "no",
+        "-",
+    )
+
+
+def test_list_at_80_columns_never_breaks_a_name_or_a_task(
+    cli_run: CliRun, demo: Path, fake_hub: FakeHub
+) -> None:
+    fake_hub.add_commit("acme/classifier", tiny_repo(seed=1))
+    current = project.Project(demo)
+    name = "sentiment-classifier"
+    project.add(current, "hf://acme/classifier", name=name, task="text-classification")
+    listed = cli_run("list", cwd=demo).stdout.splitlines()
+    assert all(len(line) <= 80 for line in listed)
+    assert [row.split()[:2] for row in listed[1:3]] == [
+        ["tiny-embedder", "embedding"],
+        [name, "text-classification"],
+    ]
+    assert listed[3] == "(sources left out at this width: `modelmora show NAME` has them)"
+
+
+def test_list_folds_a_long_source_where_there_is_room(cli_run: CliRun, demo: Path) -> None:
+    source = "hf://acme/a-rather-long-repository-name-for-a-model"
+    manifest = demo / "modelmora.toml"
+    manifest.write_text(
+        manifest.read_text() + f'\n[models.later]\nsource = "{source}"\ntask = "embedding"\n'
+    )
+    listed = cli_run("list", cwd=demo).stdout.splitlines()
+    assert all(len(line) <= 80 for line in listed)
+    assert listed[0].split() == ["name", "task", "source", "commit", "size", "status"]
+    assert listed[1].split()[:3] == ["tiny-embedder", "embedding", "hf://acme/tiny"]
+    assert listed[2].split()[:2] == ["later", "embedding"] and "not locked" in listed[2]
+    assert "".join(line.split()[0] for line in listed[3:]) in source  # the rest of the source
