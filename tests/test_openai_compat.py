@@ -145,8 +145,8 @@ def test_unknown_model_is_openais_404(client: openai.OpenAI) -> None:
     }
 
 
-def test_a_model_of_another_task_is_422_naming_param_model(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+def test_a_model_of_another_task_is_400_naming_param_model(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="gen", input="x")
 
     assert caught.value.param == "model"
@@ -165,12 +165,63 @@ def test_invalid_request_names_the_param(url: str, body: dict[str, object], para
     response = httpx.post(f"{url}/v1/completions", json=body)
 
     error = response.json()["error"]
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
 def test_malformed_json_is_openais_error_shape(url: str) -> None:
     response = httpx.post(f"{url}/v1/chat/completions", content=b"{")
 
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/v1/completions",
+            {"model": "gen", "prompt": "x", "max_new_tokens": 5},
+            "max_new_tokens: unknown field; this API calls it `max_tokens`",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "gen", "messages": CHAT, "tools": []},
+            "tools: unknown field; check its spelling against /docs",
+        ),
+        (
+            "/v1/completions",
+            {"model": "gen", "prompt": "x", "presence_penalty": 0.5},
+            "presence_penalty: not supported by ModelMora; leave it out or send 0",
+        ),
+        (
+            "/v1/embeddings",
+            {"model": "emb", "input": ["x"] * 2049},
+            "input: too many items: 2049, at most 2048; split them across requests",
+        ),
+        ("/v1/embeddings", {"model": "emb", "input": []}, "input: send at least 1 item, not 0"),
+    ],
+)
+def test_a_parameter_we_do_not_apply_is_refused_by_name(
+    url: str, path: str, body: dict[str, object], message: str
+) -> None:
+    response = httpx.post(f"{url}{path}", json=body)
+
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["type"] == "invalid_request_error"
+    assert error["message"] == message and error["param"] == message.split(":")[0]
+
+
+def test_the_no_op_values_clients_spell_out_are_accepted(client: openai.OpenAI) -> None:
+    reply = client.completions.create(
+        model="gen", prompt="hi", max_tokens=2, n=1, user="someone", presence_penalty=0,
+        frequency_penalty=0.0, echo=False, best_of=1, logit_bias={},
+    )  # fmt: skip
+    chat = client.chat.completions.create(
+        model="gen", messages=CHAT, max_tokens=2, logprobs=False, stream=True,
+        stream_options={"include_usage": True}, presence_penalty=0,
+    )  # fmt: skip
+
+    assert reply.usage is not None and reply.usage.completion_tokens == 2
+    usage = [chunk.usage for chunk in chat if chunk.usage is not None]
+    assert [each.completion_tokens for each in usage] == [2]

@@ -273,7 +273,7 @@ def test_dimensions_shorten_the_vectors_up_to_the_models_own(http: httpx.Client)
     assert math.fsum(v * v for v in short[0]["embedding"]) == pytest.approx(1.0)
     assert embed(size).status_code == 200
     too_many = embed(size + 1)
-    assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "dimensions"
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "dimensions"
 
 
 # One definition of the sampling bounds, read by the API and the runtime alike

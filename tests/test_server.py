@@ -276,6 +276,22 @@ def test_invalid_input_is_422_naming_the_field(
     assert field in [item["field"] for item in error["detail"]]
 
 
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (["x"] * 2049, "inputs: too many items: 2049, at most 2048; split them across requests"),
+        ([], "inputs: send at least 1 item, not 0"),
+    ],
+)
+def test_a_list_of_the_wrong_length_is_named_as_such(
+    http: httpx.Client, inputs: list[str], message: str
+) -> None:
+    response = http.post("/infer/emb", json={"inputs": inputs})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == message
+
+
 def test_generation_needs_exactly_one_of_inputs_and_messages(http: httpx.Client) -> None:
     both = {"inputs": "a", "messages": [{"role": "user", "content": "b"}]}
 
@@ -399,6 +415,14 @@ def test_client_lists_models_and_runs_inference(url: str) -> None:
     assert [row.name for row in rows] == ["emb", "cls", "gen", "echo", "slow", "crash"]
     assert reply.model == "cls" and reply.result["predictions"][0][0]["label"]
     assert isinstance(text, str)
+
+
+def test_client_streams_with_the_native_max_new_tokens(url: str) -> None:
+    with Client(url) as client:
+        streamed = "".join(client.stream_text("gen", "hello", max_new_tokens=2, temperature=0))
+        whole = client.infer("gen", "hello", max_new_tokens=2, temperature=0)
+
+    assert streamed == whole.result["text"] and whole.result["completion_tokens"] == 2
 
 
 def test_client_raises_the_servers_error(url: str) -> None:

@@ -18,6 +18,8 @@ from modelmora.serve.api.schemas import InferResponse
 from modelmora.serve.status import ModelStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+_OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
+"""The native sampling options that /v1/completions spells otherwise."""
 
 
 class Client:
@@ -60,8 +62,12 @@ class Client:
         return InferResponse.model_validate(body)
 
     def stream_text(self, name: str, prompt: str, **options: Any) -> Iterator[str]:
-        """Generated text as it comes (text-generation models), through /v1/completions."""
-        payload = {"model": name, "prompt": prompt, "stream": True, **options}
+        """Generated text as it comes (text-generation models), through /v1/completions.
+
+        Options take the native names (`max_new_tokens`) as `infer` does, or OpenAI's.
+        """
+        named = {_OPENAI_NAMES.get(key, key): value for key, value in options.items()}
+        payload = {"model": name, "prompt": prompt, "stream": True, **named}
         with (
             self._unreachable_as_error(),
             self._http.stream("POST", "/v1/completions", json=payload) as response,

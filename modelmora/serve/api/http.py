@@ -48,8 +48,8 @@ def app_state(request: Request) -> AppState:
 class RequestValidationError(InvalidInputError):
     """A request body or query that does not match its schema; names the first bad field."""
 
-    def __init__(self, errors: list[FieldError]) -> None:
-        first = _headline(errors)
+    def __init__(self, errors: list[FieldError], headline: FieldError | None = None) -> None:
+        first = headline or _headline(errors, [False] * len(errors))
         where = f"{first.field}: " if first.field else ""
         super().__init__(f"{where}{first.message}")
         self.errors = errors
@@ -58,14 +58,23 @@ class RequestValidationError(InvalidInputError):
     @classmethod
     def from_pydantic(cls, error: ValidationError) -> RequestValidationError:
         """Turn pydantic's errors into field paths like `messages.0.content`."""
-        return cls([_field_error(item) for item in error.errors(include_url=False)])
+        items = error.errors(include_url=False)
+        errors = [_field_error(item) for item in items]
+        # In a union, the branch refused for its type (a list is not `str`) is the least telling.
+        wrong_type = [item["type"].endswith("_type") for item in items]
+        return cls(errors, _headline(errors, wrong_type))
 
 
-def _headline(errors: list[FieldError]) -> FieldError:
-    """The most specific error about the first bad field: `inputs.1` says more than `inputs`."""
+def _headline(errors: list[FieldError], wrong_type: list[bool]) -> FieldError:
+    """The most specific error about the first bad field: `inputs.1` says more than `inputs`.
+
+    Among equally specific ones, a union branch that fails on the value (too many items) says
+    more than one that fails on the type (`Input should be a valid string` for a list).
+    """
     top = errors[0].field.split(".")[0]
-    same_field = [e for e in errors if e.field.split(".")[0] == top]
-    return max(same_field, key=lambda e: e.field.count("."))
+    same_field = [i for i, e in enumerate(errors) if e.field.split(".")[0] == top]
+    best = max(same_field, key=lambda i: (errors[i].field.count("."), not wrong_type[i]))
+    return errors[best]
 
 
 def _field_error(item: Any) -> FieldError:
@@ -77,8 +86,36 @@ def _field_error(item: Any) -> FieldError:
     elif item["type"] == "value_error":
         message = str(item["ctx"]["error"])  # without pydantic's "Value error, " prefix
     elif item["type"] == "extra_forbidden":
-        message = "unknown field; check its spelling against /docs"
+        message = _unknown_field(field)
+    elif item["type"] in ("too_long", "too_short") and item["ctx"].get("field_type") == "List":
+        message = _list_length(item["ctx"])
     return FieldError(field=field, message=message)
+
+
+_OTHER_API_SPELLING = {
+    "max_new_tokens": "max_tokens",
+    "max_tokens": "max_new_tokens",
+    "inputs": "input",
+    "input": "inputs",
+}
+"""A field of the native API sent to the OpenAI one, or the other way round."""
+
+
+def _unknown_field(field: str) -> str:
+    other = _OTHER_API_SPELLING.get(field)
+    if other is not None:
+        return f"unknown field; this API calls it `{other}`"
+    return "unknown field; check its spelling against /docs"
+
+
+def _list_length(ctx: dict[str, Any]) -> str:
+    """A list with too many or no items, with the bound: the real cause, in plain words."""
+    given = ctx["actual_length"]
+    if "max_length" in ctx:
+        most = ctx["max_length"]
+        return f"too many items: {given}, at most {most}; split them across requests"
+    least = ctx["min_length"]
+    return f"send at least {least} {'item' if least == 1 else 'items'}, not {given}"
 
 
 def _is_type_tag(part: str | int) -> bool:
@@ -151,8 +188,9 @@ def error_response(
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """An error in the shape the API under `path` uses."""
+    """An error in the shape the API under `path` uses; OpenAI's answers bad input with 400."""
     if is_openai_path(path):
+        status = 400 if status == 422 else status
         body: dict[str, Any] = {
             "error": {
                 "message": message,

@@ -12,6 +12,7 @@ from `modelmora.units`, priorities from the scheduler, model states from `ModelS
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, cast
@@ -330,10 +331,41 @@ class Readiness(BaseModel):
     reasons: list[str]
 
 
-class OpenAIRequest(RequestBody):
-    """Fields every /v1 request has; unknown fields are ignored, as OpenAI's clients send many."""
+def no_op_only(*neutral: object) -> BeforeValidator:
+    """An OpenAI parameter that ModelMora does not implement: taken only at its no-op value.
 
-    model_config = ConfigDict(extra="ignore")
+    Clients that spell out OpenAI's defaults (`"presence_penalty": 0`) keep working; any other
+    value is refused, rather than ignored as if it had been applied.
+    """
+    allowed = " or ".join(json.dumps(value) for value in neutral)
+
+    def check(value: object) -> object:
+        if value is None or any(_same(value, each) for each in neutral):
+            return value
+        raise ValueError(f"not supported by ModelMora; leave it out or send {allowed}")
+
+    return BeforeValidator(check)
+
+
+def no_op_schema(*neutral: object) -> WithJsonSchema:
+    return WithJsonSchema({"enum": [*neutral, None], "description": "not supported: no-op only"})
+
+
+def _same(value: object, neutral: object) -> bool:
+    """Equal and of the same kind: `false` is not `0`, though Python says they are equal."""
+    return isinstance(value, bool) == isinstance(neutral, bool) and value == neutral
+
+
+Zero = Annotated[Any, no_op_only(0), no_op_schema(0)]
+One = Annotated[Any, no_op_only(1), no_op_schema(1)]
+No = Annotated[Any, no_op_only(False), no_op_schema(False)]
+Empty = Annotated[Any, no_op_only({}), no_op_schema({})]
+
+
+class OpenAIRequest(RequestBody):
+    """Fields every /v1 request has; an unknown field is refused, as OpenAI does."""
+
+    model_config = ConfigDict(extra="forbid")
     task: ClassVar[str]
     """The task of the models that the route serves."""
 
@@ -391,6 +423,9 @@ class SamplingRequest(OpenAIRequest):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
+    frequency_penalty: Zero = None
+    presence_penalty: Zero = None
+    logit_bias: Empty = None
 
     def sampling(self) -> dict[str, Any]:
         """The runtime's sampling options; unset ones keep the runtime's defaults."""
@@ -411,6 +446,9 @@ class CompletionRequest(SamplingRequest):
     """`POST /v1/completions`: one prompt (a list of one is accepted)."""
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    logprobs: Zero = None
+    echo: No = None
+    best_of: One = None
 
     def runtime_request(self) -> dict[str, Any]:
         prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -441,6 +479,8 @@ class ChatCompletionRequest(SamplingRequest):
 
     messages: list[ChatCompletionMessage] = Field(min_length=1)
     max_completion_tokens: NewTokens | None = None
+    logprobs: No = None
+    top_logprobs: Zero = None
 
     def runtime_request(self) -> dict[str, Any]:
         messages = [{"role": m.role, "content": m.text()} for m in self.messages]
