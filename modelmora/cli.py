@@ -29,7 +29,7 @@ app = typer.Typer(
     name="modelmora",
     help="Pin, cache and serve machine-learning models on your own machine.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion; costs no import
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: rendering it with rich costs 0.2 s of imports
 )
@@ -385,16 +385,20 @@ def _show_fields(info: ModelInfo) -> list[tuple[str, str]]:
 
 def _known_model(current: Project, name: str) -> str:
     """`name` if the manifest has it; else an error that suggests the closest name."""
+    names = list(current.manifest().models)
+    if name in names:
+        return name
+    raise _no_such_model(name, names)
+
+
+def _no_such_model(name: str, names: list[str]) -> ModelmoraError:
     import difflib
 
     from modelmora.errors import ManifestError
 
-    names = list(current.manifest().models)
-    if name in names:
-        return name
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean '{close[0]}'?" if close else "see `modelmora list`"
-    raise ManifestError(f"no model named '{name}' in modelmora.toml", hint)
+    return ManifestError(f"no model named '{name}' in modelmora.toml", hint)
 
 
 @app.command()
@@ -404,6 +408,59 @@ def path(name: str = typer.Argument(help="The model whose folder to print.")) ->
 
     current = _project()
     print(project.model_path(current, _known_model(current, name)))
+
+
+@app.command()
+def pull(
+    model: str = typer.Argument(
+        metavar="SOURCE|NAME", help="A model of the manifest, or a source: hf://ORG/REPO, ORG/REPO."
+    ),
+    name: str | None = typer.Option(None, help="Name for a new model (default: from the source)."),
+    task: str | None = typer.Option(None, help="embedding, text-generation, text-classification."),
+    offline: bool = typer.Option(False, help="Work from the cache only."),
+) -> None:
+    """Install a model, adding it to the manifest first if it is not there (like `ollama pull`)."""
+    from modelmora import project
+
+    current = _project()
+    known = _named_in_manifest(current, model)
+    with _progress() as progress:
+        if known is not None:
+            _print_install(project.install(current, offline=offline, progress=progress))
+            return say(f"Pulled [bold]{known}[/]: `modelmora path {known}` is its folder")
+        source = _source_of(current, model)
+        result = project.add(
+            current, source, name=name, task=task, offline=offline, progress=progress
+        )
+    locked = result.locked
+    files = plural(len(locked.files), "file")
+    say(
+        f"Pulled [bold]{result.name}[/] ({locked.task}) at {locked.commit[:12]}: {files}, "
+        f"{human_size(locked.size)}; added to modelmora.toml"
+    )
+
+
+def _named_in_manifest(current: Project, model: str) -> str | None:
+    """The manifest's name for `model`: itself if it is a name, or the name of its source."""
+    specs = current.manifest().models
+    if model in specs:
+        return model
+    return next((spec.name for spec in specs.values() if spec.source == model), None)
+
+
+def _source_of(current: Project, model: str) -> str:
+    """`hf://ORG/REPO` for a bare `ORG/REPO`; an unknown bare name is a typo, not a source."""
+    import re
+
+    if "://" in model or Path(model).exists():
+        return model
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        return f"hf://{model}"
+    raise _no_such_model(model, list(current.manifest().models))
+
+
+app.command("rm", help="Remove a model from the manifest and the lock (same as `remove`).")(remove)
+app.command("sync", help="Make the project's models match the lock (same as `install`).")(install)
 
 
 # --- serving commands ---------------------------------------------------------------------------

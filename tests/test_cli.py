@@ -39,6 +39,26 @@ def test_help_and_version(tmp_path: Path) -> None:
     assert run("--version", cwd=tmp_path).stdout.startswith("modelmora ")
 
 
+def test_shell_completion_is_offered_and_completes_commands(tmp_path: Path) -> None:
+    help_text = run("--help", cwd=tmp_path).stdout
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+    assert "complete -o" in run("--show-completion", "bash", cwd=tmp_path).stdout
+    completing = subprocess.run(
+        [sys.executable, "-m", "modelmora"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "_MODELMORA_COMPLETE": "complete_bash",
+            "COMP_WORDS": "modelmora cache v",
+            "COMP_CWORD": "2",
+        },
+    )
+    assert completing.stdout.split() == ["verify"]
+
+
 def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = run("no-such-command", cwd=tmp_path, check=2)
     assert "No such command" in result.stderr

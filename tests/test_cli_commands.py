@@ -141,3 +141,36 @@ def test_list_folds_a_long_source_where_there_is_room(cli_run: CliRun, demo: Pat
     assert listed[1].split()[:3] == ["tiny-embedder", "embedding", "hf://acme/tiny"]
     assert listed[2].split()[:2] == ["later", "embedding"] and "not locked" in listed[2]
     assert "".join(line.split()[0] for line in listed[3:]) in source  # the rest of the source
+
+
+def test_pull_a_new_source_adds_and_installs_it(
+    cli_run: CliRun, demo: Path, fake_hub: FakeHub
+) -> None:
+    fake_hub.add_commit("acme/other", tiny_repo(seed=2))
+    pulled = cli_run("pull", "acme/other", "--task", "embedding", cwd=demo)
+    assert "Pulled other (embedding) at " in pulled.stdout
+    assert "3 files, 300.1 kB; added to modelmora.toml" in pulled.stdout
+    assert 'source = "hf://acme/other"' in (demo / "modelmora.toml").read_text()
+    assert Path(cli_run("path", "other", cwd=demo).stdout.strip()).is_dir()
+
+
+@pytest.mark.parametrize("model", ["tiny-embedder", "hf://acme/tiny"])
+def test_pull_a_model_of_the_manifest_installs_it(cli_run: CliRun, demo: Path, model: str) -> None:
+    link = demo / ".modelmora" / "models" / "tiny-embedder"
+    link.unlink()
+    manifest = (demo / "modelmora.toml").read_text()
+    assert "Pulled tiny-embedder" in cli_run("pull", model, cwd=demo).stdout
+    assert link.is_dir() and (demo / "modelmora.toml").read_text() == manifest
+
+
+def test_pull_of_a_misspelt_name_is_not_taken_for_a_source(cli_run: CliRun, demo: Path) -> None:
+    failed = cli_run("pull", "tiny-embeder", cwd=demo, code=1)
+    assert failed.stderr.strip().endswith("did you mean 'tiny-embedder'?")
+
+
+def test_rm_and_sync_are_remove_and_install(cli_run: CliRun, demo: Path) -> None:
+    assert "Removed tiny-embedder" in cli_run("rm", "tiny-embedder", cwd=demo).stdout
+    assert "tiny-embedder" not in (demo / "modelmora.toml").read_text()
+    synced = cli_run("sync", "--json", cwd=demo)
+    assert json.loads(synced.stdout)["removed"] == []
+    assert "same as `install`" in cli_run("sync", "--help", cwd=demo).stdout
