@@ -483,10 +483,9 @@ def serve(
 
     from modelmora import project
     from modelmora.serve import config
-    from modelmora.serve.app import run_server, served_models
+    from modelmora.serve.app import bind, run_server, served_models
 
     current = _project()
-    installed = project.installed_models(current, frozen=frozen, offline=offline)
     flags = {
         "host": host,
         "port": port,
@@ -499,10 +498,12 @@ def serve(
     manifest = current.manifest()
     settings = config.resolve(flags, os.environ, manifest.serve, manifest.path.name)
     settings = settings.quiet() if options.quiet else settings
+    sock = bind(settings.server)  # a port in use fails here, before installing or starting
+    installed = project.installed_models(current, frozen=frozen, offline=offline)
     models = served_models(installed, settings.preload)
     server = settings.server
     say(f"Serving {plural(len(models), 'model')} on http://{server.host}:{server.port}")
-    run_server(models, settings, current.jobs_path)
+    run_server(models, settings, current.jobs_path, sock)
 
 
 def _client(url: str, api_key: str | None) -> Any:

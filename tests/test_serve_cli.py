@@ -174,3 +174,38 @@ def test_a_request_deadline_is_its_timeout_else_the_servers_and_zero_means_none(
     assert limited.deadline_after(100.0, 5) == 105.0
     assert limited.deadline_after(100.0, 0) == math.inf
     assert settings.SupervisorSettings(request_timeout=0).deadline_after(100.0, None) == math.inf
+
+
+@pytest.mark.slow
+def test_serve_on_a_port_in_use_is_one_line_before_anything_starts(embedding_project: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = cli("serve", "--port", str(port), cwd=embedding_project)
+
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: port {port} is in use on 127.0.0.1; "
+        "pass another --port, or stop what listens there"
+    ]
+    assert not (embedding_project / "modelmora.lock").exists()  # nothing installed either
+
+
+@pytest.mark.slow
+def test_a_template_whose_server_failed_to_start_exits_quietly() -> None:
+    from modelmora.serve.protocol import pack
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    command = [sys.executable, "-m", "modelmora.serve.worker", "template"]
+    with theirs:
+        template = subprocess.Popen(
+            [*command, str(theirs.fileno()), str(os.getpid())],
+            pass_fds=[theirs.fileno()], stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    with ours:  # the server asks for the imports, then fails and leaves before they are done
+        ours.send(pack({"kind": "prepare", "sys_path": sys.path, "imports": ["json"]}))
+
+    _, stderr = template.communicate(timeout=60)
+    assert template.returncode == 0 and stderr == ""

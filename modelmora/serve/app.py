@@ -7,8 +7,11 @@ supervisor starts. Routes and schemas live in `modelmora.serve.api`.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
+import logging
 import math
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,7 +42,7 @@ from modelmora.serve.supervisor import ServedModel, Supervisor
 if TYPE_CHECKING:
     from modelmora.project import InstalledModel
 
-__all__ = ["create_app", "run_server", "served_models"]
+__all__ = ["bind", "create_app", "run_server", "served_models"]
 
 ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai.ENDPOINTS, METRICS_ENDPOINT]
 
@@ -143,12 +146,58 @@ def _served(model: InstalledModel, preload: bool) -> ServedModel:
     )
 
 
+def bind(settings: ServerSettings) -> socket.socket:
+    """The server's socket, bound as uvicorn binds it: a port in use is one line, before anything
+    starts (no worker template, no model), and not a failure halfway through the start."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as error:
+        sock.close()
+        raise _bind_error(settings, error) from None
+    return sock
+
+
+def _bind_error(settings: ServerSettings, error: OSError) -> ModelmoraError:
+    where = f"{settings.host}:{settings.port}"
+    if error.errno == errno.EADDRINUSE:
+        return ModelmoraError(
+            f"port {settings.port} is in use on {settings.host}",
+            "pass another --port, or stop what listens there",
+        )
+    if error.errno == errno.EACCES:
+        return ModelmoraError(f"no permission to listen on {where}", "pass a --port above 1023")
+    return ModelmoraError(f"cannot listen on {where} ({error.strerror})", "check --host")
+
+
 def run_server(
-    models: Sequence[ServedModel], config: ServeConfig, jobs_path: Path | None = None
+    models: Sequence[ServedModel],
+    config: ServeConfig,
+    jobs_path: Path | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers."""
+    """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers.
+
+    `sock` is what `bind` returned; without one, the server binds its own.
+    """
+    sock = sock or bind(config.server)
     app = create_app(Supervisor(models, config.supervisor), config.server, jobs_path)
-    uvicorn.Server(_uvicorn_config(app, config)).run()
+    _Server(_uvicorn_config(app, config)).run(sockets=[sock])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, which says where it listens also when it is handed its socket."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for sock in sockets or []:
+            host, port = sock.getsockname()[:2]
+            url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on %s (Press CTRL+C to quit)", url
+            )
 
 
 def _uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:

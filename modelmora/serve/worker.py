@@ -39,6 +39,7 @@ from modelmora.serve.protocol import (
     Channel,
     ErrorMessage,
     InferItem,
+    TemplateReadyMessage,
     ToWorker,
     error_message,
     pack,
@@ -177,22 +178,25 @@ class RequestLoop:
 
 def run_template(control: socket.socket) -> NoReturn:
     """Import what workers need, say ready, then fork a worker for every request that comes in."""
-    prepare = unpack_to_template(control.recv(1 << 20))
+    packet = control.recv(1 << 20)
+    if not packet:
+        os._exit(0)  # the server closed before asking anything: it failed to start
+    prepare = unpack_to_template(packet)
     if prepare["kind"] != "prepare":
         os._exit(1)
     add_to_sys_path(prepare["sys_path"])
     started = time.monotonic()
     failed = import_modules(prepare["imports"], keep_going=True)
-    control.send(
-        pack(
-            {
-                "kind": "ready",
-                "import_ms": since(started),
-                "failed_imports": failed,
-                "cuda_initialized": is_cuda_initialized(),
-            }
-        )
-    )
+    ready: TemplateReadyMessage = {
+        "kind": "ready",
+        "import_ms": since(started),
+        "failed_imports": failed,
+        "cuda_initialized": is_cuda_initialized(),
+    }
+    try:
+        control.send(pack(ready))
+    except OSError:
+        os._exit(0)  # the server left while we imported (it failed to start): no one to tell
     ForkServer(control).serve()
 
 
