@@ -499,11 +499,32 @@ def serve(
     settings = config.resolve(flags, os.environ, manifest.serve, manifest.path.name)
     settings = settings.quiet() if options.quiet else settings
     sock = bind(settings.server)  # a port in use fails here, before installing or starting
-    installed = project.installed_models(current, frozen=frozen, offline=offline)
+    if not frozen:
+        _install_before_serving(current, offline)
+    installed = project.installed_models(current, frozen=True)  # the lock is fresh by now
     models = served_models(installed, settings.preload)
     server = settings.server
     say(f"Serving {plural(len(models), 'model')} on http://{server.host}:{server.port}")
     run_server(models, settings, current.jobs_path, sock)
+
+
+def _install_before_serving(current: Project, offline: bool) -> None:
+    """Relock and install what changed, as `uv run` does, and say so in one line if anything did."""
+    from modelmora import project
+
+    try:
+        project.check_lock(current)
+        stale = False
+    except ModelmoraError:
+        stale = True
+    with _progress() as progress:
+        result = project.install(current, offline=offline, progress=progress)
+    done = ["updated modelmora.lock to match modelmora.toml"] if stale else []
+    if result.files_downloaded:
+        size = human_size(result.bytes_downloaded)
+        done.append(f"fetched {plural(result.files_downloaded, 'file')} ({size})")
+    if done:
+        say(f"Before serving: {', '.join(done)}")
 
 
 def _client(url: str, api_key: str | None) -> Any:
@@ -542,7 +563,28 @@ def run(
             print()
             return
         reply = client.infer(name, text if len(text) > 1 else text[0], **opts)
-    emit_json(reply.model_dump(mode="json") if as_json else reply.result)
+    if as_json:
+        return emit_json(reply.model_dump(mode="json"))
+    _print_result(model.task, text, reply.result)
+
+
+def _print_result(task: str, texts: list[str], result: Any) -> None:
+    """An embedding's size and first values, a classifier's `label  score` lines; else JSON."""
+    if task == "embedding":
+        for text, vector in zip(texts, result["embeddings"], strict=True):
+            head = ", ".join(f"{value:.4f}" for value in vector[:4])
+            more = ", ..." if len(vector) > 4 else ""
+            print(f"{text}: {len(vector)} dimensions [{head}{more}] (--json for all)")
+    elif task == "text-classification":
+        indent = "  " if len(texts) > 1 else ""
+        for text, labels in zip(texts, result["predictions"], strict=True):
+            if indent:
+                print(f"{text}:")
+            width = max(len(label["label"]) for label in labels)
+            for label in labels:
+                print(f"{indent}{label['label']:<{width}}  {label['score']:.4f}")
+    else:
+        emit_json(result)
 
 
 @app.command()
@@ -627,7 +669,9 @@ def _print_jobs(listed: Any) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("id", "model", "state", "priority", "created", "run", "error"):
+    id_width = max((len(job.id) for job in listed.jobs), default=2)
+    table.add_column("id", no_wrap=True, min_width=id_width)  # whole: `GET /jobs/{id}` takes it
+    for column in ("model", "state", "priority", "created", "run", "error"):
         table.add_column(column)
     for job in listed.jobs:
         created = datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M:%S")

@@ -92,14 +92,22 @@ def test_serve_installs_serves_and_stops_cleanly(
     assert row["expires_at"] is None  # preloaded models stay loaded
     ran = cli("run", "bert", "hello", "world", "--url", url, cwd=embedding_project)
     assert ran.returncode == 0, ran.stderr
-    assert len(json.loads(ran.stdout)["embeddings"]) == 2
+    assert [line.split(" [")[0] for line in ran.stdout.splitlines()] == [
+        "hello: 32 dimensions",
+        "world: 32 dimensions",
+    ]
+    whole = cli("run", "bert", "hello", "--json", "--url", url, cwd=embedding_project)
+    assert len(json.loads(whole.stdout)["result"]["embeddings"][0]) == 32
 
     children = psutil.Process(process.pid).children(recursive=True)
     assert children
     process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    stdout, _ = process.communicate(timeout=60)
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
+    before, serving = stdout.splitlines()[:2]
+    assert before.startswith("Before serving: updated modelmora.lock to match modelmora.toml, ")
+    assert " files (" in before and serving == f"Serving 1 model on {url}"
 
 
 @pytest.mark.slow
@@ -209,3 +217,37 @@ def test_a_template_whose_server_failed_to_start_exits_quietly() -> None:
 
     _, stderr = template.communicate(timeout=60)
     assert template.returncode == 0 and stderr == ""
+
+
+def test_run_prints_a_classifier_as_label_and_score_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from modelmora.cli import _print_result
+
+    labels = [{"label": "positive", "score": 0.75}, {"label": "neg", "score": 0.25}]
+    _print_result("text-classification", ["good"], {"predictions": [labels]})
+    _print_result("embedding", ["hi"], {"embeddings": [[0.5, -0.25, 0.0, 1.0, 2.0]]})
+
+    assert capsys.readouterr().out.splitlines() == [
+        "positive  0.7500",
+        "neg       0.2500",
+        "hi: 5 dimensions [0.5000, -0.2500, 0.0000, 1.0000, ...] (--json for all)",
+    ]
+
+
+@pytest.mark.slow
+def test_jobs_shows_whole_ids(embedding_project: Path) -> None:
+    import asyncio
+
+    from modelmora.serve.jobstore import JobStore
+
+    async def create() -> str:
+        (embedding_project / ".modelmora").mkdir(exist_ok=True)
+        async with JobStore(embedding_project / ".modelmora" / "jobs.sqlite3") as store:
+            return (await store.create("bert", "hello")).id
+
+    job_id = asyncio.run(create())
+    listed = cli("jobs", cwd=embedding_project, env={"COLUMNS": "60"})
+
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in listed.stdout
