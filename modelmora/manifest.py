@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,9 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DEFAULT_INCLUDE = ("*.json", "*.txt", "*.safetensors", "*.model", "*.tiktoken", "*.jinja")
 SOURCE_SCHEMES = ("hf://", "https://", "http://", "file://", "pkg://")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HUB_SOURCE = re.compile(r"^hf://[^/@\s]+/[^/@\s]+$")
+GENERATION_HEADS = ("ForCausalLM", "LMHeadModel")
+CLASSIFICATION_HEADS = ("ForSequenceClassification",)
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -74,9 +77,9 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 "source is empty; write hf://ORG/REPO, https://..., pkg://... or a path"
             )
-        if "://" in value and not value.startswith(SOURCE_SCHEMES):
-            scheme = value.split("://", 1)[0]
-            raise ValueError(f"unknown source scheme '{scheme}://'; use one of {_schemes()}")
+        problem = source_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("include", "exclude")
@@ -147,6 +150,48 @@ class Manifest:
 
 def _schemes() -> str:
     return ", ".join(SOURCE_SCHEMES)
+
+
+def source_problem(source: str) -> str | None:
+    """What is wrong with a source's form (None: nothing), found before any network call."""
+    if "://" in source and not source.startswith(SOURCE_SCHEMES):
+        scheme = source.split("://", 1)[0]
+        return f"unknown source scheme '{scheme}://'; use one of {_schemes()}"
+    base = split_revision(source)[0]
+    if source.startswith("hf://") and not _HUB_SOURCE.match(base):
+        return "not a Hub repository; write hf://ORG/REPO[@REV]"
+    return None
+
+
+def check_source(source: str) -> None:
+    problem = source_problem(source)
+    if problem:
+        raise ManifestError(f"source '{source}': {problem}")
+
+
+def architecture_task(architectures: Sequence[str]) -> str | None:
+    """The built-in task a config's `architectures` is for; None when they do not say."""
+    names = " ".join(architectures)
+    if any(head in names for head in GENERATION_HEADS):
+        return "text-generation"
+    if any(head in names for head in CLASSIFICATION_HEADS):
+        return "text-classification"
+    return "embedding" if names.endswith("Model") else None
+
+
+def task_conflict(task: str, architectures: Sequence[str]) -> str | None:
+    """'wrong' when the config's architecture cannot do `task`, 'unsure' when it may not."""
+    if task not in BUILTIN_TASKS or not architectures:
+        return None
+    implied = architecture_task(architectures)
+    if implied == task:
+        return None
+    generative = implied == "text-generation"
+    if (task != "text-generation" and generative) or (
+        task == "text-generation" and implied == "text-classification"
+    ):
+        return "wrong"
+    return "unsure"
 
 
 def load(path: Path) -> Manifest:
@@ -281,8 +326,12 @@ def render_new(project_name: str, template: str) -> str:
     return template.replace("{{name}}", project_name)
 
 
-def add_model(text: str, name: str, table: Mapping[str, Any]) -> str:
-    """The manifest text with `[models.NAME]` added or replaced and everything else untouched."""
+def add_model(text: str, name: str, table: Mapping[str, Any], drop: Sequence[str] = ()) -> str:
+    """The manifest text with `[models.NAME]` added, or updated in place, and the rest untouched.
+
+    An existing entry gets `table`'s values (None leaves a key as it is) and loses the keys in
+    `drop`; its other keys (serving settings, comments) stay.
+    """
     import tomlkit
 
     document = tomlkit.parse(text)
@@ -290,11 +339,14 @@ def add_model(text: str, name: str, table: Mapping[str, Any]) -> str:
     if models is None:
         models = tomlkit.table(is_super_table=True)
         document["models"] = models
-    entry = tomlkit.table()
+    if name not in models:
+        models[name] = tomlkit.table()
+    entry = models[name]
+    for key in drop:
+        entry.pop(key, None)
     for key, value in table.items():
         if value is not None:
             entry[key] = list(value) if isinstance(value, tuple) else value
-    models[name] = entry
     return tomlkit.dumps(document)
 
 

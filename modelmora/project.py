@@ -6,6 +6,7 @@ the server and tests drive the same code.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -13,10 +14,11 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
+from urllib.parse import unquote, urlparse
 
 from modelmora import lockfile, manifest, sources
 from modelmora.cache import Cache, GcReport, link_project_model
-from modelmora.errors import LockError, ManifestError, ModelmoraError
+from modelmora.errors import LockError, ManifestError, ModelmoraError, NotFoundError, OfflineError
 from modelmora.files import write_atomic, write_if_changed
 from modelmora.lockfile import Lock, LockedFile, LockedModel
 from modelmora.manifest import MANIFEST_NAME, Manifest, ModelSpec
@@ -102,12 +104,31 @@ def _template(name: str) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+
+
+# File stems that say nothing about the model: the folder above names it better.
+_GENERIC_STEMS = {"model", "pytorch_model", "weights", "download", "checkpoint", "main", "resolve"}
 
 
 def default_name(source: str) -> str:
+    """A manifest key from the source: the Hub repository, the package, the URL's file or folder."""
     base = manifest.split_revision(source)[0].rstrip("/")
+    if base.startswith("pkg://"):
+        return _slug(base[len("pkg://") :].split("/", 1)[0]) or "model"
+    if base.startswith(("https://", "http://")):
+        return _url_name(urlparse(base).path) or "model"
     return _slug(base.rsplit("/", 1)[-1].removesuffix(".git")) or "model"
+
+
+def _url_name(path: str) -> str:
+    parts = [unquote(part) for part in path.split("/") if part]
+    if "resolve" in parts[2:]:  # a Hub file URL: /ORG/REPO/resolve/REV/FILE
+        return _slug(parts[parts.index("resolve", 2) - 1])
+    names = [_slug(Path(parts[-1]).stem)] if parts else []
+    names += [_slug(part) for part in reversed(parts[:-1])]
+    useful = [n for n in names if n and n not in _GENERIC_STEMS]
+    return useful[0] if useful else ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +136,21 @@ class AddResult:
     name: str
     locked: LockedModel
     install: InstallResult
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AddOptions:
+    """What `modelmora add` may set besides the source."""
+
+    name: str | None = None
+    task: str | None = None
+    revision: str | None = None
+    include: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    allow_pickle: bool | None = None
+    device: str | None = None
+    replace: bool = False
 
 
 def add(
@@ -125,33 +161,112 @@ def add(
     task: str | None = None,
     revision: str | None = None,
     include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    allow_pickle: bool | None = None,
+    device: str | None = None,
+    replace: bool = False,
     offline: bool = False,
     progress: Progress | None = None,
+    cwd: Path | None = None,
 ) -> AddResult:
-    """Add a model to the manifest, lock and install it; on any error nothing is written."""
+    """Add a model to the manifest, lock and install it; on any error nothing is written.
+
+    A model of the same name is refused unless its source is the same or `replace` is set; either
+    way its other settings (serving, scheduling) are kept. None leaves a setting as it is.
+    """
+    options = AddOptions(name, task, revision, include, exclude, allow_pickle, device, replace)
     cache = Cache()
-    name = name or default_name(source)
-    task = task or _guess_task(project, source, revision, offline)
-    table = {"source": source, "revision": revision, "task": task, "include": include}
-    text = manifest.add_model(project.manifest_path.read_text(), name, table)
-    staged = manifest.loads(text, project.manifest_path)
+    source = _source_for_manifest(project, source, cwd or Path.cwd(), offline)
+    name = options.name or default_name(_name_source(project, source))
+    existing = project.manifest().models.get(name)
+    _check_conflict(name, source, existing, options.replace)
+    task = options.task or _guess_task(project, source, options.revision, existing, offline)
+    text = _edited_manifest(project, name, source, task, options, existing)
+    staged, old = manifest.loads(text, project.manifest_path), project.lock_or_empty()
+    notes: list[str] = []
+    flagged = name if options.task else None
     with cache.lease():  # until the lock is written, gc knows this model only from the lease
-        lock = _relock(project, staged, project.lock_or_empty(), cache, set(), offline)
+        lock = _relock(project, staged, old, cache, set(), offline, notes, flagged)
         result = _install(project, lock, cache, offline, progress or SilentProgress())
         write_atomic(project.manifest_path, text)
         write_if_changed(project.lock_path, lockfile.dumps(lock))
-    return AddResult(name=name, locked=lock.models[name], install=result)
+    return AddResult(name, lock.models[name], result, tuple(notes))
 
 
-def _guess_task(project: Project, source: str, revision: str | None, offline: bool) -> str:
+def _source_for_manifest(project: Project, source: str, cwd: Path, offline: bool) -> str:
+    """Check the form first; a relative folder is found from `cwd` and stored from the root."""
+    manifest.check_source(source)
+    source_kind = sources.kind(source)
+    if source_kind == "hub" and sources.is_offline(offline):
+        raise OfflineError(
+            f"cannot add '{source}' while offline: the Hub must be asked for its commit and files",
+            "drop --offline (and HF_HUB_OFFLINE) for this `add`",
+        )
+    if source_kind != "folder" or source.startswith("file://") or Path(source).is_absolute():
+        return source
+    folder = (cwd / Path(source).expanduser()).resolve()
+    if not folder.is_dir():
+        raise NotFoundError(f"source '{source}': {folder} is not a folder", "check the path")
+    relative = Path(os.path.relpath(folder, project.root)).as_posix()
+    return relative if relative.startswith(".") else f"./{relative}"
+
+
+def _name_source(project: Project, source: str) -> str:
+    if sources.kind(source) == "folder":
+        return str(sources.local_folder(source, project.root))
+    return source
+
+
+def _check_conflict(name: str, source: str, existing: ModelSpec | None, replace: bool) -> None:
+    if existing is None or replace or existing.source == manifest.split_revision(source)[0]:
+        return
+    raise ManifestError(
+        f"model '{name}' already exists in {MANIFEST_NAME} with source '{existing.source}'",
+        "pass --replace to give it the new source (its other settings are kept), "
+        "or choose another --name",
+    )
+
+
+def _edited_manifest(
+    project: Project,
+    name: str,
+    source: str,
+    task: str,
+    options: AddOptions,
+    existing: ModelSpec | None,
+) -> str:
+    """The manifest text with the model set; a new source drops the old source's revision."""
+    table = {
+        "source": source,
+        "revision": options.revision,
+        "task": task,
+        "include": tuple(options.include) if options.include else None,
+        "exclude": tuple(options.exclude) if options.exclude else None,
+        "allow_pickle": options.allow_pickle,
+        "device": options.device,
+    }
+    moved = existing is not None and existing.source != manifest.split_revision(source)[0]
+    drop = ("revision",) if moved and options.revision is None else ()
+    return manifest.add_model(project.manifest_path.read_text(), name, table, drop)
+
+
+def _guess_task(
+    project: Project,
+    source: str,
+    revision: str | None,
+    existing: ModelSpec | None,
+    offline: bool,
+) -> str:
     """Ask the source what the model is for, so `add` needs no --task for the common cases."""
     guessed = sources.guess_task(source, revision, project.root, offline)
-    if guessed is None:
-        raise ManifestError(
-            f"cannot tell what task '{source}' is for",
-            "pass --task embedding, text-generation or text-classification",
-        )
-    return guessed
+    if guessed is not None:
+        return guessed
+    if existing is not None:
+        return existing.task
+    raise ManifestError(
+        f"cannot tell what task '{source}' is for",
+        "pass --task embedding, text-generation or text-classification",
+    )
 
 
 def remove(project: Project, name: str) -> None:
@@ -179,6 +294,7 @@ class LockResult:
     lock: Lock
     changes: tuple[LockChange, ...]
     written: bool
+    warnings: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -212,9 +328,10 @@ def _lock(
         raise ManifestError(
             f"no model named '{sorted(unknown)[0]}' in {MANIFEST_NAME}", "see `modelmora list`"
         )
-    new = _relock(project, current, old, cache, names, offline)
+    notes: list[str] = []
+    new = _relock(project, current, old, cache, names, offline, notes)
     written = False if dry_run else write_if_changed(project.lock_path, lockfile.dumps(new))
-    return LockResult(lock=new, changes=tuple(_diff(old, new)), written=written)
+    return LockResult(new, tuple(_diff(old, new)), written, tuple(notes))
 
 
 def check_lock(project: Project) -> Lock:
@@ -225,20 +342,48 @@ def check_lock(project: Project) -> Lock:
 
 
 def _relock(
-    project: Project, current: Manifest, old: Lock, cache: Cache, upgrade: set[str], offline: bool
+    project: Project,
+    current: Manifest,
+    old: Lock,
+    cache: Cache,
+    upgrade: set[str],
+    offline: bool,
+    notes: list[str] | None = None,
+    task_flag: str | None = None,
 ) -> Lock:
+    """`notes` collects warnings; `task_flag` names the model whose task `add --task` set."""
     models = []
     for name, spec in current.models.items():
         locked = old.models.get(name)
         if locked and name not in upgrade and locked.inputs() == spec.lock_inputs():
             models.append(locked)
         else:
-            models.append(_lock_model(project, spec, cache, offline))
+            resolved = sources.resolve(spec, project.root, cache, offline)
+            note = _check_task(spec, resolved.architectures, from_flag=name == task_flag)
+            models.append(_locked_model(spec, resolved))
+            if note and notes is not None:
+                notes.append(note)
     return Lock().with_models(models)
 
 
-def _lock_model(project: Project, spec: ModelSpec, cache: Cache, offline: bool) -> LockedModel:
-    resolved = sources.resolve(spec, project.root, cache, offline)
+def _check_task(spec: ModelSpec, architectures: Sequence[str], from_flag: bool) -> str | None:
+    """An error where config.json's architecture cannot do the task; a warning where unsure."""
+    conflict = manifest.task_conflict(spec.task, architectures)
+    if conflict is None:
+        return None
+    names, implied = ", ".join(architectures), manifest.architecture_task(architectures)
+    said = f"model '{spec.name}': task {spec.task} but its config.json names {names}"
+    if conflict == "unsure":
+        return f"{said}; check that it can do {spec.task}"
+    fix = (
+        f"pass --task {implied}, or leave --task out to use what the config says"
+        if from_flag
+        else f'set task = "{implied}" for it in {MANIFEST_NAME}'
+    )
+    raise ManifestError(f"{said}, which is for {implied}", fix)
+
+
+def _locked_model(spec: ModelSpec, resolved: sources.Resolved) -> LockedModel:
     inputs = spec.lock_inputs()
     return LockedModel(
         name=spec.name,

@@ -29,6 +29,7 @@ from modelmora.cache import (
     tree_digest,
 )
 from modelmora.errors import (
+    IntegrityError,
     NotFoundError,
     OfflineError,
     SourceError,
@@ -37,7 +38,13 @@ from modelmora.errors import (
 )
 from modelmora.files import CHUNK, sha256_file
 from modelmora.lockfile import LockedFile, LockedModel
-from modelmora.manifest import PICKLE_SUFFIXES, ModelSpec, split_revision
+from modelmora.manifest import (
+    BUILTIN_TASKS,
+    PICKLE_SUFFIXES,
+    ModelSpec,
+    architecture_task,
+    split_revision,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -49,6 +56,8 @@ RETRY_BASE_S = 0.5
 RETRY_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 60.0
 NETWORK_HINT = "check your connection and HF_ENDPOINT, or use --offline to work from the cache"
+URL_NETWORK_HINT = "check your connection and the URL, or use --offline to work from the cache"
+LOADABLE_WEIGHTS = (".safetensors", ".bin", ".pt")
 _TRUE = {"1", "true", "yes", "on"}
 _PIPELINE_TASKS = {
     "feature-extraction": "embedding",
@@ -64,6 +73,7 @@ class Resolved:
     commit: str
     files: tuple[LockedFile, ...]
     task: str | None = None  # what the source says the model is for, when it says
+    architectures: tuple[str, ...] = ()  # config.json's `architectures`, when it has one
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,20 @@ def _resolve_folder(spec: ModelSpec, folder: Path) -> Resolved:
     candidates = [_Candidate(p, (folder / p).stat().st_size, None) for p in paths]
     chosen = select(spec, candidates)
     files = tuple(LockedFile(c.path, c.size, sha256_file(folder / c.path)) for c in chosen)
-    return Resolved(commit=tree_digest(files), files=files, task=guess_folder_task(folder))
+    architectures = _architectures(folder / "config.json") if _has_config(files) else ()
+    return Resolved(tree_digest(files), files, guess_folder_task(folder), architectures)
+
+
+def _has_config(files: Sequence[LockedFile]) -> bool:
+    return any(file.path == "config.json" for file in files)
+
+
+def _architectures(config: Path) -> tuple[str, ...]:
+    try:
+        names = json.loads(config.read_text()).get("architectures") or ()
+    except (OSError, ValueError, AttributeError):
+        return ()
+    return tuple(str(name) for name in names)
 
 
 def _is_hidden(relative: Path) -> bool:
@@ -161,14 +184,19 @@ def _resolve_url(spec: ModelSpec, cache: Cache) -> Resolved:
 def _resolve_hub(spec: ModelSpec, cache: Cache) -> Resolved:
     repo_id = spec.source[len("hf://") :]
     api = _hub_api()
-    with _network_errors(spec.source), _hub_errors(spec.source, spec.revision or "main"):
+    with (
+        _network_errors(spec.source, NETWORK_HINT),
+        _hub_errors(spec.source, spec.revision or "main"),
+    ):
         info = api.model_info(repo_id, revision=spec.revision or "main")
         commit = str(info.sha)
         entries = api.list_repo_tree(repo_id, revision=commit, recursive=True)
         candidates = [_hub_candidate(entry) for entry in entries if hasattr(entry, "size")]
     chosen = select(spec, candidates)
     files = tuple(_hub_file(repo_id, commit, candidate, cache) for candidate in chosen)
-    return Resolved(commit=commit, files=files, task=_hub_task(info))
+    configs = [cache.blob_path(file.sha256) for file in files if file.path == "config.json"]
+    architectures = _architectures(configs[0]) if configs else ()
+    return Resolved(commit, files, _hub_task(info), architectures)
 
 
 def _hub_candidate(entry: Any) -> _Candidate:
@@ -208,7 +236,8 @@ def select(spec: ModelSpec, candidates: Sequence[_Candidate]) -> list[_Candidate
     if pickles and not spec.allow_pickle:
         raise UnsafeFileError(
             f"model '{spec.name}': refusing pickle file '{pickles[0]}': loading it can run code",
-            "exclude it, or set allow_pickle = true in modelmora.toml if you trust this model",
+            "exclude it, or set allow_pickle = true in modelmora.toml (`modelmora add "
+            "--allow-pickle`) if you trust this model",
         )
     if any(c.path.endswith(".safetensors") for c in chosen):
         chosen = [c for c in chosen if not _is_pickle_weight(c.path)]
@@ -216,14 +245,47 @@ def select(spec: ModelSpec, candidates: Sequence[_Candidate]) -> list[_Candidate
     if pickle_only and not spec.allow_pickle and not any(_is_weight(c.path) for c in chosen):
         raise UnsafeFileError(
             f"model '{spec.name}' has only pickle weights ({pickle_only[0]}), which can run code",
-            "set allow_pickle = true and include them if you trust this model",
+            f"if you trust this model, {_include_hint(spec, pickle_only[0], chosen)}",
         )
     if not chosen:
         raise SourceError(
             f"model '{spec.name}': no file matches {_patterns(spec)}",
             "check `include` and `exclude` in modelmora.toml",
         )
+    _check_weights(spec, candidates, chosen)
     return chosen
+
+
+def _check_weights(
+    spec: ModelSpec, candidates: Sequence[_Candidate], chosen: Sequence[_Candidate]
+) -> None:
+    """A built-in task loads with transformers, which needs weights among the files taken."""
+    if spec.runtime is not None or spec.task not in BUILTIN_TASKS:
+        return
+    if any(c.path.endswith(LOADABLE_WEIGHTS) for c in chosen):
+        return
+    left_out = [c.path for c in candidates if c.path.endswith(LOADABLE_WEIGHTS)]
+    taken = ", ".join(c.path for c in chosen[:4]) + (", ..." if len(chosen) > 4 else "")
+    hint = (
+        _include_hint(spec, left_out[0], chosen)
+        if left_out
+        else "the source has no weights transformers can load; check the source"
+    )
+    raise SourceError(
+        f"model '{spec.name}' has no weights among its selected files ({taken}): the "
+        f"{spec.task} task needs a *.safetensors, *.bin or *.pt file",
+        hint,
+    )
+
+
+def _include_hint(spec: ModelSpec, weight: str, chosen: Sequence[_Candidate]) -> str:
+    """How to take a weight file that `include` or allow_pickle leaves out: settings, flags."""
+    taken = [p for p in spec.patterns if any(_matches(c.path, (p,), ()) for c in chosen)]
+    include = [*taken, "*" + Path(weight).suffix]
+    pickle = weight.endswith(PICKLE_SUFFIXES)
+    settings = ("allow_pickle = true and " if pickle else "") + f"include = {json.dumps(include)}"
+    flags = (" --allow-pickle" if pickle else "") + "".join(f" --include '{p}'" for p in include)
+    return f"set {settings} (`modelmora add {spec.source} --name {spec.name}{flags}`)"
 
 
 def _is_weight(path: str) -> bool:
@@ -253,7 +315,7 @@ def guess_task(source: str, revision: str | None, root: Path, offline: bool = Fa
     if kind(source) != "hub" or is_offline(offline):
         return None
     repo_id, rev = source[len("hf://") :], revision or suffix or "main"
-    with _network_errors(source), _hub_errors(source, rev):
+    with _network_errors(source, NETWORK_HINT), _hub_errors(source, rev):
         return _hub_task(_hub_api().model_info(repo_id, revision=rev))
 
 
@@ -263,16 +325,7 @@ def guess_folder_task(folder: Path) -> str | None:
         folder / "config_sentence_transformers.json"
     ).is_file():
         return "embedding"
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    architectures = " ".join(config.get("architectures") or [])
-    if "CausalLM" in architectures or "LMHead" in architectures:
-        return "text-generation"
-    if "SequenceClassification" in architectures:
-        return "text-classification"
-    return "embedding" if architectures.endswith("Model") else None
+    return architecture_task(_architectures(folder / "config.json"))
 
 
 # --- fetch --------------------------------------------------------------------------------------
@@ -297,6 +350,13 @@ def download(
     while True:
         try:
             return cache.fetch(file, source, on_progress, stop)
+        except IntegrityError as error:
+            if kind(model.source) in ("hub", "url"):
+                raise
+            raise IntegrityError(
+                f"{error.message}: the local file changed since it was locked or while it was read",
+                f"restore it, or `modelmora lock --upgrade {model.name}` to lock it as it is now",
+            ) from None
         except TransientError as error:
             if attempt == DOWNLOAD_ATTEMPTS:
                 raise TransientError(
@@ -368,18 +428,24 @@ def _open_hub(
     from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
     url = hf_hub_url(repo_id, path, revision=commit, endpoint=hub_endpoint())
-    return _open_url(url, build_hf_headers(), offset, what=f"hf://{repo_id}/{path}")
+    return _open_url(
+        url, build_hf_headers(), offset, what=f"hf://{repo_id}/{path}", hint=NETWORK_HINT
+    )
 
 
 @contextlib.contextmanager
 def _open_url(
-    url: str, headers: dict[str, str], offset: int, what: str | None = None
+    url: str,
+    headers: dict[str, str],
+    offset: int,
+    what: str | None = None,
+    hint: str = URL_NETWORK_HINT,
 ) -> Iterator[tuple[int, Iterator[bytes]]]:
     from huggingface_hub import get_session
 
     label = what or url
     request_headers = {**headers, **({"Range": f"bytes={offset}-"} if offset else {})}
-    with _network_errors(label):
+    with _network_errors(label, hint):
         stream_context = get_session().stream(
             "GET", url, headers=request_headers, follow_redirects=True, timeout=TIMEOUT
         )
@@ -387,11 +453,11 @@ def _open_url(
             _raise_for_status(response.status_code, response.headers, label)
             start = offset if response.status_code == 206 else 0
             # Chunks as they arrive (not gathered to 1 MiB): a stop is noticed between them.
-            yield start, _guarded(response.iter_bytes(), label)
+            yield start, _guarded(response.iter_bytes(), label, hint)
 
 
-def _guarded(chunks: Iterator[bytes], label: str) -> Iterator[bytes]:
-    with _network_errors(label):
+def _guarded(chunks: Iterator[bytes], label: str, hint: str) -> Iterator[bytes]:
+    with _network_errors(label, hint):
         yield from chunks
 
 
@@ -421,15 +487,15 @@ def _retry_after(value: str | None) -> float | None:
 
 
 @contextlib.contextmanager
-def _network_errors(label: str) -> Iterator[None]:
+def _network_errors(label: str, hint: str) -> Iterator[None]:
     from huggingface_hub.utils import httpx  # type: ignore[attr-defined]
 
     try:
         yield
     except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as error:
-        raise TransientError(_network_message(label, error), NETWORK_HINT) from None
+        raise TransientError(_network_message(label, error), hint) from None
     except httpx.HTTPError as error:
-        raise SourceError(_network_message(label, error), NETWORK_HINT) from None
+        raise SourceError(_network_message(label, error), hint) from None
 
 
 def _network_message(label: str, error: Exception) -> str:

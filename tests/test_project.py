@@ -570,7 +570,7 @@ def odd_model(kind: str, files: dict[str, bytes], hub: FakeHub, root: Path) -> s
 def test_odd_file_names_round_trip_from_lock_to_a_frozen_install(
     fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, name: str
 ) -> None:
-    files = {"config.json": CONFIG, name: b"payload of " + name.encode()}
+    files = {"config.json": CONFIG, "model.safetensors": b"w", name: b"payload of " + name.encode()}
     demo = make_project(tmp_path / "demo", {"odd": odd_model(kind, files, fake_hub, tmp_path)})
     project.lock(demo)
     ci = copy_lock_to_empty_cache(demo, tmp_path, monkeypatch)
