@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from modelmora.errors import ModelmoraError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from modelmora.cache import SnapshotUse
     from modelmora.project import InstallMode, InstallResult, ModelInfo, Progress, Project
 
 app = typer.Typer(
@@ -722,15 +723,87 @@ def gc(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Remove files no known project's lock uses."""
-    from modelmora.cache import Cache
+    from modelmora.cache import Cache, gc_preview
     from modelmora.project import gc_cache
 
-    report = gc_cache(Cache(), dry_run=dry_run)
+    cache = Cache()
+    removed = gc_preview(cache)  # the names, before they are gone
+    report = gc_cache(cache, dry_run=dry_run)
     if as_json:
-        return emit_json(output.gc_json(report, dry_run=dry_run))
+        return emit_json(output.gc_json(report, removed, dry_run=dry_run))
     verb = "Would free" if dry_run else "Freed"
-    counts = f"{report.blobs} files, {report.snapshots} snapshots"
+    counts = f"{plural(report.blobs, 'file')}, {plural(report.snapshots, 'snapshot')}"
     say(f"{verb} {human_size(report.bytes_freed)}: {counts}")
+    for snapshot in removed:
+        say(f"  [red]-[/] {snapshot.label}  {human_size(snapshot.size)}")
+
+
+@cache_app.command()
+def du(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Disk use per snapshot, bytes shared between snapshots, and which projects use each."""
+    from modelmora.cache import Cache, disk_use
+
+    cache = Cache()
+    use = disk_use(cache)
+    if as_json:
+        return emit_json(output.cache_du_json(use, cache.root))
+    _print_snapshots(use.snapshots)
+    shared = human_size(use.shared_bytes)
+    say(
+        f"{human_size(use.blob_bytes)} on disk in {cache.root}: "
+        f"{plural(len(use.snapshots), 'snapshot')}, {plural(use.blobs, 'file')}; "
+        f"{shared} shared between snapshots"
+    )
+    if use.loose_blobs:
+        loose = f"{plural(use.loose_blobs, 'file')} ({human_size(use.loose_bytes)})"
+        say(f"{loose} in no snapshot: `modelmora cache gc` frees what no lock names")
+
+
+def _print_snapshots(snapshots: Sequence[SnapshotUse]) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("snapshot", "files", "size", "shared", "used by"):
+        numeric = column in ("files", "size", "shared")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=numeric)
+    for snapshot in snapshots:
+        users = ", ".join(f"{Path(m.project).name}:{m.name}" for m in snapshot.models)
+        table.add_row(
+            snapshot.label,
+            str(snapshot.files),
+            human_size(snapshot.size),
+            human_size(snapshot.shared),
+            users or "[yellow]no project[/]",
+        )
+    _console().print(table)
+
+
+@cache_app.command("list")
+def cache_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Every model of every project this cache knows, with its snapshot and size."""
+    from modelmora.cache import Cache, disk_use
+
+    use = disk_use(Cache())
+    by_path = {snapshot.path: snapshot for snapshot in use.snapshots}
+    rows = [output.cache_model_json(model, by_path) for model in use.models]
+    if as_json:
+        return emit_json(rows)
+    if not rows:
+        return say("No project uses this cache yet; `modelmora install` in a project registers it")
+    _print_cache_models(rows)
+
+
+def _print_cache_models(rows: list[output.CacheModelJson]) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("model", "size", "snapshot", "project"):
+        wrap = column == "project"  # a long path may fold; names never break
+        table.add_column(column, justify="right" if column == "size" else "left", no_wrap=not wrap)
+    for row in rows:
+        size = human_size(row["size"]) if row["installed"] else "[yellow]missing[/]"
+        table.add_row(row["model"], size, row["snapshot"], row["project"])
+    _console().print(table)
 
 
 # --- entry point --------------------------------------------------------------------------------

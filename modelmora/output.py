@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 if TYPE_CHECKING:
-    from modelmora.cache import GcReport
+    from pathlib import Path
+
+    from modelmora.cache import CacheUse, GcReport, ModelUse, SnapshotUse
     from modelmora.lockfile import Change, LockedFile
     from modelmora.project import InstallResult, LockResult, ModelInfo, VerifyResult
 
@@ -83,6 +85,37 @@ class VerifyJson(TypedDict):
     unrepairable: list[str]
 
 
+class CacheModelJson(TypedDict):
+    """`modelmora cache list --json` (one per model), and who uses a snapshot in `cache du`."""
+
+    project: str
+    model: str
+    snapshot: str
+    size: int
+    installed: bool
+
+
+class SnapshotJson(TypedDict):
+    snapshot: str
+    path: str
+    files: int
+    size: int
+    shared: int
+    models: list[CacheModelJson]
+
+
+class CacheDuJson(TypedDict):
+    """`modelmora cache du --json`."""
+
+    root: str
+    bytes: int
+    shared_bytes: int
+    blobs: int
+    loose_blobs: int
+    loose_bytes: int
+    snapshots: list[SnapshotJson]
+
+
 class GcJson(TypedDict):
     """`modelmora cache gc --json`."""
 
@@ -90,6 +123,7 @@ class GcJson(TypedDict):
     snapshots: int
     bytes_freed: int
     dry_run: bool
+    removed: list[SnapshotJson]
 
 
 def lock_json(result: LockResult) -> LockJson:
@@ -152,10 +186,49 @@ def verify_json(result: VerifyResult) -> VerifyJson:
     }
 
 
-def gc_json(report: GcReport, *, dry_run: bool) -> GcJson:
+def gc_json(report: GcReport, removed: list[SnapshotUse], *, dry_run: bool) -> GcJson:
     return {
         "blobs": report.blobs,
         "snapshots": report.snapshots,
         "bytes_freed": report.bytes_freed,
         "dry_run": dry_run,
+        "removed": [snapshot_json(snapshot, {}) for snapshot in removed],
+    }
+
+
+def cache_du_json(use: CacheUse, root: Path) -> CacheDuJson:
+    by_path = {snapshot.path: snapshot for snapshot in use.snapshots}
+    return {
+        "root": str(root),
+        "bytes": use.blob_bytes,
+        "shared_bytes": use.shared_bytes,
+        "blobs": use.blobs,
+        "loose_blobs": use.loose_blobs,
+        "loose_bytes": use.loose_bytes,
+        "snapshots": [snapshot_json(snapshot, by_path) for snapshot in use.snapshots],
+    }
+
+
+def snapshot_json(snapshot: SnapshotUse, by_path: dict[Path, SnapshotUse]) -> SnapshotJson:
+    return {
+        "snapshot": snapshot.label,
+        "path": str(snapshot.path),
+        "files": snapshot.files,
+        "size": snapshot.size,
+        "shared": snapshot.shared,
+        "models": [cache_model_json(model, by_path) for model in snapshot.models],
+    }
+
+
+def cache_model_json(model: ModelUse, by_path: dict[Path, SnapshotUse]) -> CacheModelJson:
+    """`installed`: the snapshot the project's lock points at is in the cache."""
+    from modelmora.cache import snapshot_label
+
+    found = by_path.get(model.snapshot)
+    return {
+        "project": model.project,
+        "model": model.name,
+        "snapshot": snapshot_label(model.snapshot),
+        "size": found.size if found else 0,
+        "installed": found is not None,
     }

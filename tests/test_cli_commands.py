@@ -174,3 +174,57 @@ def test_rm_and_sync_are_remove_and_install(cli_run: CliRun, demo: Path) -> None
     synced = cli_run("sync", "--json", cwd=demo)
     assert json.loads(synced.stdout)["removed"] == []
     assert "same as `install`" in cli_run("sync", "--help", cwd=demo).stdout
+
+
+@pytest.fixture
+def shared_cache(demo: Path, fake_hub: FakeHub) -> Path:
+    """`demo` plus `copy` (tiny-embedder's very files, from another repo) and `other`."""
+    fake_hub.add_commit("acme/copy", tiny_repo())
+    fake_hub.add_commit("acme/other", tiny_repo(seed=3))
+    current = project.Project(demo)
+    project.add(current, "hf://acme/copy", name="copy", task="embedding")
+    project.add(current, "hf://acme/other", name="other", task="embedding")
+    return demo
+
+
+def test_cache_du_counts_shared_bytes_once(cli_run: CliRun, shared_cache: Path) -> None:
+    du = json.loads(cli_run("cache", "du", "--json", cwd=shared_cache).stdout)
+    sizes = {s["snapshot"].split("/")[0]: (s["size"], s["shared"]) for s in du["snapshots"]}
+    small = 72  # config.json and tokenizer.json: the same in every tiny_repo
+    one = 300_000 + small
+    assert sizes == {
+        "hf--acme--tiny": (one, one),
+        "hf--acme--copy": (one, one),
+        "hf--acme--other": (one, small),
+    }
+    assert (du["bytes"], du["shared_bytes"], du["blobs"]) == (2 * one - small, one, 4)
+    users = {
+        s["snapshot"].split("/")[0]: [m["model"] for m in s["models"]] for s in du["snapshots"]
+    }
+    assert users["hf--acme--copy"] == ["copy"] and users["hf--acme--tiny"] == ["tiny-embedder"]
+    text = cli_run("cache", "du", cwd=shared_cache).stdout
+    assert "demo:tiny-embedder" in text and "3 snapshots, 4 files" in text
+    assert "300.1 kB shared between snapshots" in text
+
+
+def test_cache_list_names_every_model_of_every_known_project(
+    cli_run: CliRun, shared_cache: Path
+) -> None:
+    rows = json.loads(cli_run("cache", "list", "--json", cwd=shared_cache).stdout)
+    assert sorted(row["model"] for row in rows) == ["copy", "other", "tiny-embedder"]
+    assert {row["project"] for row in rows} == {str(shared_cache)}
+    assert all(row["installed"] and row["size"] > 300_000 for row in rows)
+    listed = cli_run("cache", "list", cwd=shared_cache).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["model", "copy", "other", "tiny-embedder"]
+
+
+def test_gc_dry_run_names_what_it_would_remove(cli_run: CliRun, shared_cache: Path) -> None:
+    cli_run("rm", "other", cwd=shared_cache)
+    dry = cli_run("cache", "gc", "--dry-run", cwd=shared_cache).stdout.splitlines()
+    assert dry[0] == "Would free 300.0 kB: 1 file, 1 snapshot"  # its small files are shared
+    sign, label, *size = dry[1].split()
+    assert (sign, label.split("/")[0], size) == ("-", "hf--acme--other", ["300.1", "kB"])
+    as_json = json.loads(cli_run("cache", "gc", "--dry-run", "--json", cwd=shared_cache).stdout)
+    assert [(s["snapshot"], s["size"], s["files"]) for s in as_json["removed"]] == [
+        (label, 300_072, 3)
+    ]

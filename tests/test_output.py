@@ -22,6 +22,9 @@ RECORDS: list[Any] = [
     output.FileJson,
     output.VerifyJson,
     output.GcJson,
+    output.CacheDuJson,
+    output.SnapshotJson,
+    output.CacheModelJson,
 ]
 
 
@@ -39,7 +42,7 @@ def test_records_hold_plain_json_values_with_exactly_the_declared_fields() -> No
         (output.install_json(InstallResult(("m",), 1, 10, 2, ("old",))), output.InstallJson),
         (output.model_json(info, files=True), output.ModelJson),
         (output.verify_json(VerifyResult(3, 30, ("x",), (), ("x",))), output.VerifyJson),
-        (output.gc_json(GcReport(1, 2, 3), dry_run=True), output.GcJson),
+        (output.gc_json(GcReport(1, 2, 3), [], dry_run=True), output.GcJson),
     ]
     for record, schema in built:
         assert set(record) == set(schema.__annotations__)
