@@ -6,12 +6,14 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakehub import FakeHub
 
 from modelmora import manifest, project
 from modelmora.errors import (
@@ -277,3 +279,43 @@ def test_a_local_file_changed_after_lock_says_so(tmp_path: Path) -> None:
 def test_the_template_points_at_documentation_users_have() -> None:
     text = (Path(__file__).parent.parent / "templates" / "modelmora.toml").read_text()
     assert "Docs: docs/manifest.md" not in text and "ModelMora documentation" in text
+
+
+def test_a_hub_model_whose_config_is_for_generation_is_refused_as_embedding(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    config = json.dumps(GPT2).encode()
+    fake_hub.add_commit("acme/tiny-gpt2", {"config.json": config, "model.safetensors": b"w" * 2000})
+    demo = new_project(tmp_path / "p")
+    with pytest.raises(ManifestError, match=r"names GPT2LMHeadModel.*pass --task text-generation"):
+        project.add(demo, "hf://acme/tiny-gpt2", task="embedding")
+    added = project.add(demo, "hf://acme/tiny-gpt2")
+    assert (added.name, added.locked.task) == ("tiny-gpt2", "text-generation")
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_taken_name_in_one_line_and_takes_the_new_options(
+    tmp_path: Path,
+) -> None:
+    demo = new_project(tmp_path / "p", SETTINGS)
+    model_folder(demo.root / "emb", BERT)
+    model_folder(demo.root / "old", BERT, weights="pytorch_model.bin")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "modelmora", *args]
+        env = {**os.environ, "COLUMNS": "200"}
+        return subprocess.run(command, cwd=demo.root, capture_output=True, text=True, env=env)
+
+    refused = cli("add", "./old", "--name", "e")
+    assert refused.returncode == 1 and "pass --replace" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    flags = ["--allow-pickle", "--include", "*.json", "--include", "*.bin", "--device", "cpu"]
+    added = cli("add", "./old", *flags)
+    assert added.returncode == 0, added.stderr
+    assert "Added old (embedding)" in added.stdout and "3 files" in added.stdout
+    entry = table(demo, "old")
+    assert (entry["allow_pickle"], entry["include"], entry["device"]) == (
+        True,
+        ["*.json", "*.bin"],
+        "cpu",
+    )
