@@ -283,12 +283,26 @@ def _describe(error: ValidationError, where: str, sep: str = ": ") -> str:
     location = ".".join(str(part) for part in first["loc"])
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        message = "unknown key; check its spelling (see docs/manifest.md for the keys)"
+        message = _unknown_key_message(tuple(first["loc"]), error.title)
     elif first["type"] == "missing":
         message = "missing; add it"
     elif message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     return f"{where}{sep}{location}: {message}" if location else f"{where}: {message}"
+
+
+def _unknown_key_message(location: tuple[int | str, ...], title: str) -> str:
+    """Suggest the key that was meant, from the table the unknown key is in."""
+    if title == "ModelSpec":
+        keys = [k for k in ModelSpec.model_fields if k != "name"]
+    elif location[:1] == ("project",):
+        keys = list(ProjectTable.model_fields)
+    else:
+        keys = list(ManifestModel.model_fields) if len(location) == 1 else []
+    close = difflib.get_close_matches(str(location[-1]), keys, n=1)
+    if close:
+        return f"unknown key; did you mean '{close[0]}'?"
+    return f"unknown key; the keys are {', '.join(keys)}" if keys else "unknown key"
 
 
 def expand_variables(data: Any, filename: str, key: str = "") -> Any:

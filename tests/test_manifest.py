@@ -58,7 +58,13 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         tmp_path,
         '[project]\nname="d"\n[models.m]\nsource="hf://o/r"\ntask="embedding"\nrevison="x"\n',
     )
-    assert message.startswith("modelmora.toml: models.m.revison: unknown key")
+    assert message == "modelmora.toml: models.m.revison: unknown key; did you mean 'revision'?"
+
+
+def test_an_unknown_key_with_no_close_match_lists_the_keys(tmp_path: Path) -> None:
+    message = load_error(tmp_path, '[project]\nname="d"\nowner="me"\n')
+    assert message == "modelmora.toml: project.owner: unknown key; the keys are name"
+    assert "docs/manifest.md" not in message
 
 
 def test_missing_source(tmp_path: Path) -> None:
