@@ -6,7 +6,6 @@ them, so `modelmora --help` starts fast.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import click
 import typer
 
 from modelmora import __version__, output
@@ -87,6 +85,8 @@ def say(message: str) -> None:
 
 
 def emit_json(data: Any) -> None:
+    import json
+
     print(json.dumps(data, indent=2, default=str))
 
 
@@ -829,8 +829,8 @@ def _global_flags_first(args: list[str]) -> list[str]:
     for arg in tokens:
         if arg in GLOBAL_OPTIONS:
             value = next(tokens, None)
-            if value is None:
-                raise click.UsageError(f"Option '{arg}' requires an argument.")
+            if value is None:  # the parser says "Option '-p' requires an argument.", exit 2
+                return [arg]
             front += [arg, value]
         elif arg in GLOBAL_FLAGS or _is_global_with_value(arg):
             front.append(arg)
@@ -846,9 +846,6 @@ def _is_global_with_value(arg: str) -> bool:
 def main() -> None:
     try:
         app(args=_global_flags_first(sys.argv[1:]), prog_name="modelmora")
-    except click.UsageError as error:
-        error.show()
-        raise SystemExit(error.exit_code) from None
     except ModelmoraError as error:
         if options.debug:
             raise
