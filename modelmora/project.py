@@ -202,7 +202,7 @@ def _source_for_manifest(project: Project, source: str, cwd: Path, offline: bool
             f"cannot add '{source}' while offline: the Hub must be asked for its commit and files",
             "drop --offline (and HF_HUB_OFFLINE) for this `add`",
         )
-    if source_kind != "folder" or source.startswith("file://") or Path(source).is_absolute():
+    if source_kind != "folder" or source.startswith(("file://", "~")) or Path(source).is_absolute():
         return source
     folder = (cwd / Path(source).expanduser()).resolve()
     if not folder.is_dir():

@@ -319,3 +319,10 @@ def test_the_cli_refuses_a_taken_name_in_one_line_and_takes_the_new_options(
         ["*.json", "*.bin"],
         "cpu",
     )
+
+
+def test_a_home_or_absolute_folder_is_stored_as_written(tmp_path: Path) -> None:
+    demo = new_project(tmp_path / "p")
+    model_folder(Path.home() / "models" / "e", BERT)
+    project.add(demo, "~/models/e")
+    assert table(demo, "e")["source"] == "~/models/e"
