@@ -476,6 +476,11 @@ def serve(
     keep_alive: str | None = typer.Option(None, help="Idle time before unload: 5m, 0, -1 (never)."),
     preload: list[str] | None = typer.Option(None, help="Load this model at start; repeatable."),
     api_key: str | None = typer.Option(None, help="Require `Authorization: Bearer KEY`."),
+    metrics_public: bool = typer.Option(False, help="Serve /metrics without the API key."),
+    log_format: str | None = typer.Option(
+        None, help="json or text [default: text on a terminal, else json]."
+    ),
+    log_file: str | None = typer.Option(None, help="Also write the log there (JSON lines)."),
     frozen: bool = typer.Option(False, "--frozen", help="Never lock or install; fail instead."),
     offline: bool = typer.Option(False, help="Install from the cache only."),
 ) -> None:
@@ -495,6 +500,9 @@ def serve(
         "keep_alive": keep_alive,
         "preload": tuple(preload or ()),
         "api_key": api_key,
+        "metrics_public": metrics_public or None,
+        "log_format": log_format,
+        "log_file": log_file,
     }
     manifest = current.manifest()
     settings = config.resolve(flags, os.environ, manifest.serve, manifest.path.name)
@@ -586,6 +594,73 @@ def _print_result(task: str, texts: list[str], result: Any) -> None:
                 print(f"{indent}{label['label']:<{width}}  {label['score']:.4f}")
     else:
         emit_json(result)
+
+
+@app.command("load")
+def load_model(
+    name: str = typer.Argument(metavar="NAME", help="The model to load."),
+    url: str = URL_OPTION,
+    api_key: str | None = KEY_OPTION,
+) -> None:
+    """Load a model on a running server now, so that its first request does not wait."""
+    with _client(url, api_key) as client:
+        model = client.load(name)
+    memory = f", {human_size(model.memory_bytes)}" if model.memory_bytes else ""
+    took = f" in {model.last_load_ms / 1000:.1f} s" if model.last_load_ms is not None else ""
+    say(f"Loaded [bold]{name}[/] on {model.device or '-'} (pid {model.pid}{memory}){took}")
+
+
+@app.command("stop")
+def stop_model(
+    name: str = typer.Argument(metavar="NAME", help="The model to unload."),
+    url: str = URL_OPTION,
+    api_key: str | None = KEY_OPTION,
+) -> None:
+    """Unload a model on a running server, like `ollama stop`: its worker ends, memory is freed."""
+    with _client(url, api_key) as client:
+        client.unload(name)
+    say(f"Unloaded [bold]{name}[/]; the next request loads it again")
+
+
+@app.command()
+def logs(
+    lines: int = typer.Option(50, "--lines", "-n", min=1, help="How many of the last lines."),
+    log_file: Path | None = typer.Option(None, help="The file [default: the serve log_file]."),
+    as_json: bool = typer.Option(False, "--json", help="The JSON lines as they are."),
+) -> None:
+    """Show the end of the server's log file (`modelmora serve --log-file PATH`)."""
+    import collections
+    import os
+
+    from modelmora.serve import config
+    from modelmora.serve.api.telemetry import text_line
+
+    if log_file is None:
+        manifest = _project().manifest()
+        found = config.resolve({}, os.environ, manifest.serve, manifest.path.name).server.log_file
+        if found is None:
+            raise ModelmoraError(
+                "the server logs to stderr only",
+                "start it with `modelmora serve --log-file PATH` (or [serve] log_file)",
+            )
+        log_file = Path(found)
+    if not log_file.is_file():
+        raise ModelmoraError(f"no log file at {log_file}", "has `modelmora serve` run yet?")
+    with log_file.open(encoding="utf-8", errors="replace") as file:
+        last = collections.deque(file, maxlen=lines)
+    for line in last:
+        print(line.rstrip("\n") if as_json else _log_line(line, text_line))
+
+
+def _log_line(line: str, render: Any) -> str:
+    """A JSON log line for a person; a line that is no JSON object as it is."""
+    import json
+
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return line.rstrip("\n")
+    return str(render(entry)) if isinstance(entry, dict) else line.rstrip("\n")
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
 import signal
@@ -251,3 +253,79 @@ def test_jobs_shows_whole_ids(embedding_project: Path) -> None:
 
     assert listed.returncode == 0, listed.stderr
     assert job_id in listed.stdout
+
+
+@pytest.mark.slow
+def test_stop_and_load_a_model_of_a_running_server(
+    server: tuple[str, subprocess.Popen[str]], embedding_project: Path
+) -> None:
+    url, _ = server
+
+    stopped = cli("stop", "bert", "--url", url, cwd=embedding_project)
+    state = httpx.get(f"{url}/models/bert").json()["state"]
+    loaded = cli("load", "bert", "--url", url, cwd=embedding_project)
+
+    assert stopped.returncode == 0 and state == "unloaded", stopped.stderr
+    assert stopped.stdout == "Unloaded bert; the next request loads it again\n"
+    assert loaded.returncode == 0 and loaded.stdout.startswith("Loaded bert on cpu (pid ")
+    assert httpx.get(f"{url}/models/bert").json()["state"] == "ready"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_logs_are_lines_for_a_person_on_a_terminal_and_json_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelmora.serve.api.telemetry import TextFormatter, log_config
+
+    record = logging.LogRecord("modelmora.access", logging.INFO, "", 0, "request", None, None)
+    record.fields = {"method": "GET", "path": "/models", "status": 200, "model": None}
+    with_file = log_config("info", "auto", "/tmp/server.log")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+
+    assert (
+        TextFormatter().format(record)[12:] == " INFO    request method=GET path=/models status=200"
+    )
+    assert log_config("info")["handlers"]["stderr"]["formatter"] == "text"
+    assert with_file["handlers"]["stderr"]["formatter"] == "json"  # stderr was no terminal then
+    assert with_file["handlers"]["file"] == {
+        "class": "logging.FileHandler", "formatter": "json", "filename": "/tmp/server.log"
+    }  # fmt: skip
+    assert log_config("info", "json")["handlers"]["stderr"]["formatter"] == "json"
+
+
+def test_log_settings_are_checked() -> None:
+    flags = {"log_format": "text", "log_file": "s.log", "metrics_public": True}
+    server = settings.resolve(flags, {}, {}, "modelmora.toml").server
+
+    assert (server.log_format, server.log_file, server.metrics_public) == ("text", "s.log", True)
+    with pytest.raises(ModelmoraError, match="--log-format: 'xml' is not a log format"):
+        settings.resolve({"log_format": "xml"}, {}, {}, "modelmora.toml")
+
+
+@pytest.mark.slow
+def test_logs_shows_the_end_of_the_log_file(embedding_project: Path) -> None:
+    log = embedding_project / "server.log"
+    entries = [
+        {"time": "2026-11-28T19:40:06.123+00:00", "level": "info", "message": f"request {i}"}
+        for i in range(3)
+    ]
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    env = {"MODELMORA_LOG_FILE": str(log)}
+
+    shown = cli("logs", "-n", "2", cwd=embedding_project, env=env)
+    raw = cli("logs", "-n", "1", "--json", cwd=embedding_project, env=env)
+    none = cli("logs", cwd=embedding_project)
+
+    assert shown.stdout.splitlines() == [
+        "19:40:06.123 INFO    request 1",
+        "19:40:06.123 INFO    request 2",
+    ]
+    assert json.loads(raw.stdout) == entries[2]
+    assert none.returncode == 1 and none.stderr.strip() == (
+        "error: the server logs to stderr only; "
+        "start it with `modelmora serve --log-file PATH` (or [serve] log_file)"
+    )

@@ -31,7 +31,12 @@ from modelmora.serve.api.http import (
     handle_http_exception,
     handle_serve_error,
 )
-from modelmora.serve.api.openapi import document_routes, openapi_document, routes
+from modelmora.serve.api.openapi import (
+    PUBLIC_PATHS,
+    document_routes,
+    openapi_document,
+    routes,
+)
 from modelmora.serve.api.schemas import NativeError, served_bodies
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
 from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
@@ -92,7 +97,8 @@ def _middleware(settings: ServerSettings, metrics: Metrics) -> list[Middleware]:
         Middleware(RequestMiddleware, metrics=metrics, access_log_enabled=settings.access_log)
     ]
     if settings.api_key:
-        middleware.append(Middleware(AuthMiddleware, api_key=settings.api_key))
+        public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
+        middleware.append(Middleware(AuthMiddleware, api_key=settings.api_key, public=public))
     return middleware
 
 
@@ -210,7 +216,9 @@ def _uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
         http="h11",
         ws="none",
         lifespan="on",
-        log_config=log_config(config.server.log_level),
+        log_config=log_config(
+            config.server.log_level, config.server.log_format, config.server.log_file
+        ),
         access_log=False,  # ours is JSON, with request id and model
         server_header=False,
         timeout_graceful_shutdown=math.ceil(config.supervisor.drain_timeout),

@@ -1,4 +1,4 @@
-"""Talk to a running `modelmora serve`: the calls behind `modelmora ps` and `modelmora run`.
+"""Talk to a running `modelmora serve`: the calls behind `modelmora ps`, `run`, `load`, `stop`.
 
 Plain httpx; no server code is imported, so the CLI stays light. Errors come back as the
 `ServeError` subclass the server raised, with its message.
@@ -55,6 +55,14 @@ class Client:
     def model(self, name: str) -> ModelStatus:
         """One model's status."""
         return ModelStatus.model_validate(self._call("GET", f"/models/{name}"))
+
+    def load(self, name: str) -> ModelStatus:
+        """Load a model now (a failed one too); its status once it is ready."""
+        return ModelStatus.model_validate(self._call("POST", f"/models/{name}/load"))
+
+    def unload(self, name: str) -> ModelStatus:
+        """Unload a model: its worker process ends and gives its memory back."""
+        return ModelStatus.model_validate(self._call("POST", f"/models/{name}/unload"))
 
     def infer(self, name: str, inputs: Any, **options: Any) -> InferResponse:
         """One inference: `inputs` is a text or list of texts; options are the task's fields."""

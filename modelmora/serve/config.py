@@ -16,12 +16,13 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from modelmora.errors import ModelmoraError
 from modelmora.units import parse_duration, parse_size
 
 WorkerStart = Literal["auto", "fork", "spawn"]
+LogFormat = Literal["auto", "json", "text"]
 
 TEMPLATE_IMPORTS = (
     "torch",
@@ -45,6 +46,12 @@ class ServerSettings:
     api_key: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
+    log_format: LogFormat = "auto"
+    """text (lines for a person) on a terminal, else json; or either, by name."""
+    log_file: str | None = None
+    """Also write the log there, as JSON lines (appended)."""
+    metrics_public: bool = False
+    """Serve /metrics without the API key (for a Prometheus that has none)."""
     access_log: bool = True
     job_retention: float = 24 * 3600.0
     """Seconds a finished job (and its result) is kept."""
@@ -145,6 +152,20 @@ def _port(value: Any) -> int:
     return port
 
 
+def _log_format(value: Any) -> LogFormat:
+    if value not in ("auto", "json", "text"):
+        raise ValueError(f"'{value}' is not a log format: json, text or auto")
+    return cast(LogFormat, value)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return str(value).lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"'{value}' is not true or false")
+
+
 def _count(value: Any) -> int:
     count = _integer(value, "a count")
     if count < 0:
@@ -185,6 +206,9 @@ KEYS: dict[str, tuple[Section, Callable[[Any], Any]]] = {
     "api_key": ("server", lambda value: str(value) or None),
     "max_body_bytes": ("server", parse_size),
     "job_retention": ("server", _positive_duration),
+    "log_format": ("server", _log_format),
+    "log_file": ("server", lambda value: str(value) or None),
+    "metrics_public": ("server", _flag),
     "max_loaded_models": ("supervisor", _count),
     "memory_budget": ("supervisor", _optional_size),
     "keep_alive": ("supervisor", parse_duration),

@@ -241,14 +241,15 @@ async def handle_http_exception(request: Request, error: Exception) -> Response:
 
 
 class AuthMiddleware:
-    """Every route but /health needs `Authorization: Bearer KEY` when an API key is set."""
+    """With an API key, every route needs `Authorization: Bearer KEY` but the `public` ones."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, public: frozenset[str]) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health" or self._is_authorized(scope):
+        if scope["type"] != "http" or scope["path"] in self.public or self._is_authorized(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(

@@ -7,11 +7,13 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modelmora import __version__
 from modelmora.serve.api import inference
 from modelmora.serve.api.http import PydanticResponse, app_state, read_json, read_query
 from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.api.schemas import (
     Health,
+    Index,
     InferResponse,
     ModelList,
     ModelsQuery,
@@ -24,6 +26,25 @@ from modelmora.serve.status import ModelStatus
 from modelmora.serve.supervisor import InferenceResult
 
 _HEALTH = JSONResponse({"status": "ok"}).body
+
+
+_INDEX = Index(
+    version=__version__,
+    links={
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "models": "/models",
+        "openai_models": "/v1/models",
+        "health": "/health",
+        "ready": "/ready",
+        "metrics": "/metrics",
+    },
+)
+
+
+async def index(request: Request) -> Response:
+    """The server's name and version, with links to its docs, models and health."""
+    return PydanticResponse(_INDEX)
 
 
 async def health(request: Request) -> Response:
@@ -122,6 +143,7 @@ def _timing(result: InferenceResult) -> Timing:
 
 
 ENDPOINTS = [
+    Endpoint("/", "GET", index, response=Index, tag="health"),
     Endpoint("/health", "GET", health, response=Health, tag="health"),
     Endpoint("/ready", "GET", ready, response=Readiness, tag="health", also=((503, Readiness),)),
     Endpoint("/models", "GET", list_models, query=ModelsQuery, response=ModelList, tag="models"),

@@ -9,7 +9,9 @@ task), and the request bodies that name a model are replaced by the app's varian
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
+import importlib.resources
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -213,10 +215,22 @@ def _path_schema(parameter: str, names: list[str]) -> dict[str, Any]:
     return {"type": "string"}
 
 
+SWAGGER_UI = "static/swagger-ui"
+"""Where the Swagger UI assets are in `modelmora.serve` (npm's swagger-ui-dist; see its README)."""
+_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+PUBLIC_PATHS = frozenset(
+    {"/", "/health", "/openapi.json", "/docs", *(f"/docs/{a}" for a in _ASSETS)}
+)
+"""What needs no API key: the index, liveness and the API's description, which hold no data."""
+
+
 def document_routes(document: dict[str, Any]) -> list[Route]:
-    """`GET /openapi.json` and `GET /docs`, both rendered once."""
+    """`GET /openapi.json`, and `GET /docs`: Swagger UI ("try it out"), served from the package."""
     spec = JSONResponse(document).body
-    page = render_docs(document).encode()
+    page = _SWAGGER_PAGE.format(
+        title=html.escape(f"{document['info']['title']} {document['info']['version']}"),
+        static=render_docs(document, standalone=False),
+    ).encode()
 
     async def openapi_json(request: Request) -> Response:
         return Response(spec, media_type="application/json")
@@ -224,11 +238,33 @@ def document_routes(document: dict[str, Any]) -> list[Route]:
     async def docs(request: Request) -> Response:
         return HTMLResponse(page)
 
-    return [Route("/openapi.json", openapi_json), Route("/docs", docs)]
+    return [
+        Route("/openapi.json", openapi_json),
+        Route("/docs", docs),
+        *(Route(f"/docs/{name}", _asset(name, kind)) for name, kind in _ASSETS.items()),
+    ]
 
 
-def render_docs(document: dict[str, Any]) -> str:
-    """A self-contained HTML page of the document: no scripts, nothing fetched (works offline)."""
+def _asset(name: str, media_type: str) -> Handler:
+    """One Swagger UI file, read on first use (1.7 MB that most servers never send)."""
+
+    @functools.cache
+    def content() -> bytes:
+        folder = importlib.resources.files("modelmora.serve")
+        return folder.joinpath(f"{SWAGGER_UI}/{name}").read_bytes()
+
+    async def serve_asset(request: Request) -> Response:
+        headers = {"Cache-Control": "public, max-age=86400"}
+        return Response(content(), media_type=media_type, headers=headers)
+
+    return serve_asset
+
+
+def render_docs(document: dict[str, Any], standalone: bool = True) -> str:
+    """The document in plain HTML, no scripts: the page's fallback when JavaScript is off.
+
+    `standalone`: a whole page; otherwise its body alone.
+    """
     title = html.escape(f"{document['info']['title']} {document['info']['version']}")
     operations = "".join(
         _render_operation(path, method, operation)
@@ -239,7 +275,8 @@ def render_docs(document: dict[str, Any]) -> str:
         f'<h3 id="{html.escape(name)}">{html.escape(name)}</h3><pre>{_pretty(schema)}</pre>'
         for name, schema in document["components"]["schemas"].items()
     )
-    return _PAGE.format(title=title, operations=operations, schemas=schemas)
+    body = _BODY.format(title=title, operations=operations, schemas=schemas)
+    return _PAGE.format(title=title, body=body) if standalone else body
 
 
 def _render_operation(path: str, method: str, operation: dict[str, Any]) -> str:
@@ -268,16 +305,44 @@ def _pretty(schema: dict[str, Any]) -> str:
     return html.escape(json.dumps(schema, indent=2))
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }}
-pre {{ background: #f6f8fa; padding: .75rem; overflow-x: auto; }}
-th {{ text-align: left; padding-right: 1rem; }}
-</style></head>
-<body><h1>{title}</h1>
+_STYLE = """<style>
+.static {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; }}
+.static {{ padding: 0 1rem; }}
+.static pre {{ background: #f6f8fa; padding: .75rem; overflow-x: auto; }}
+.static th {{ text-align: left; padding-right: 1rem; }}
+</style>"""
+
+_BODY = """<div class="static"><h1>{title}</h1>
 <p>The machine-readable document is at <a href="/openapi.json">/openapi.json</a>.</p>
 <h2>Endpoints</h2>{operations}
-<h2>Schemas</h2>{schemas}
+<h2>Schemas</h2>{schemas}</div>"""
+
+_PAGE = (
+    """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+"""
+    + _STYLE
+    + """</head>
+<body>{body}</body></html>
+"""
+)
+
+_SWAGGER_PAGE = (
+    """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css">
+"""
+    + _STYLE
+    + """</head>
+<body><div id="swagger-ui"></div>
+<noscript>{static}</noscript>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({{
+  url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, tryItOutEnabled: true,
+  persistAuthorization: true,
+}});
+</script>
 </body></html>
 """
+)

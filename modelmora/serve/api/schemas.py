@@ -320,6 +320,14 @@ class ModelsQuery(BaseModel):
     device: str | None = None
 
 
+class Index(BaseModel):
+    """`GET /`: what this server is, and where to go next."""
+
+    name: Literal["ModelMora"] = "ModelMora"
+    version: str
+    links: dict[str, str] = Field(description="the API's description, its models, its health")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelmora.serve.api.http import API_VERSION, API_VERSION_HEADER, error_response
 from modelmora.serve.api.openapi import Endpoint
+from modelmora.serve.config import LogFormat
 from modelmora.serve.scheduler import PRIORITIES, ModelStats, Scheduler
 from modelmora.serve.supervisor import InferenceResult, Supervisor
 from modelmora.serve.tasks import TaskGroup
@@ -295,32 +297,77 @@ def _request_id(scope: Scope) -> str:
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
+def log_entry(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str, Any]:
+    """A record as the log's JSON object: time, level, logger, message, its `fields`."""
+    entry: dict[str, Any] = {
+        "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+            timespec="milliseconds"
+        ),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
+    entry.update(getattr(record, "fields", {}))
+    if record.exc_info:
+        entry["exception"] = formatter.formatException(record.exc_info)
+    return entry
+
+
+def text_line(entry: dict[str, Any]) -> str:
+    """A log entry for a person: `19:40:06.123 INFO    request method=GET ... status=200`."""
+    moment = str(entry.get("time", ""))[11:23]
+    level = str(entry.get("level", "")).upper()
+    known = {"time", "level", "logger", "message", "exception"}
+    extra = " ".join(f"{k}={v}" for k, v in entry.items() if k not in known and v is not None)
+    line = f"{moment} {level:<7} {entry.get('message', '')} {extra}".rstrip()
+    return f"{line}\n{entry['exception']}" if entry.get("exception") else line
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the record's `fields`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+        return json.dumps(log_entry(record, self), default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """One line for a person: time (UTC), level, message, then the `fields` as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return text_line(log_entry(record, self))
+
+
+_FORMATTERS = {"json": "JsonFormatter", "text": "TextFormatter"}
+
+
+def log_config(
+    level: str, log_format: LogFormat = "auto", log_file: str | None = None
+) -> dict[str, Any]:
+    """logging.dictConfig for the server: uvicorn's loggers and ours, on stderr and in `log_file`.
+
+    `auto` writes lines for a person on a terminal and JSON lines otherwise; the file always gets
+    JSON lines, one record each, for `modelmora logs` and log shippers.
+    """
+    if log_format == "auto":
+        log_format = "text" if sys.stderr.isatty() else "json"
+    handlers: dict[str, Any] = {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": log_format,
+            "stream": "ext://sys.stderr",
         }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def log_config(level: str) -> dict[str, Any]:
-    """logging.dictConfig for the server: uvicorn's loggers and ours, all as JSON on stderr."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-    logger = {"handlers": ["json"], "level": level.upper(), "propagate": False}
+    }
+    if log_file:
+        handlers["file"] = {
+            "class": "logging.FileHandler",
+            "formatter": "json",
+            "filename": log_file,
+        }
+    logger = {"handlers": list(handlers), "level": level.upper(), "propagate": False}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
-        "handlers": {"json": handler},
+        "formatters": {name: {"()": f"{__name__}.{cls}"} for name, cls in _FORMATTERS.items()},
+        "handlers": handlers,
         "loggers": {name: logger for name in ("uvicorn", "uvicorn.error", "modelmora")},
     }
