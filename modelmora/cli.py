@@ -84,6 +84,13 @@ def say(message: str) -> None:
         _console().print(message)
 
 
+def warn(message: str) -> None:
+    """A warning on stderr, even with --quiet: something may not work as the user expects."""
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[bold yellow]warning:[/] {escape(message)}")
+
+
 def emit_json(data: Any) -> None:
     import json
 
@@ -170,7 +177,6 @@ def add(
     offline: bool = typer.Option(False, help="Work from the cache only."),
 ) -> None:
     """Add a model to the manifest, then lock and install it."""
-    from rich.markup import escape
 
     from modelmora import project
 
@@ -190,7 +196,7 @@ def add(
             progress=progress,
         )
     for warning in result.warnings:
-        _console(stderr=True).print(f"[bold yellow]warning:[/] {escape(warning)}")
+        warn(warning)
     locked = result.locked
     say(
         f"Added [bold]{result.name}[/] ({locked.task}) at {locked.commit[:12]}: "
@@ -230,6 +236,8 @@ def lock(
     result = project.lock(current, upgrade=names or upgrade, dry_run=dry_run, offline=offline)
     if as_json:
         return emit_json(output.lock_json(result))
+    for warning in result.warnings:
+        warn(warning)
     _print_lock(result.changes, dry_run, result.written)
 
 

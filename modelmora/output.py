@@ -30,6 +30,7 @@ class LockJson(TypedDict):
 
     written: bool
     changes: list[LockChangeJson]
+    warnings: list[str]
 
 
 class StaleModelJson(TypedDict):
@@ -136,7 +137,7 @@ def lock_json(result: LockResult) -> LockJson:
         }
         for change in result.changes
     ]
-    return {"written": result.written, "changes": changes}
+    return {"written": result.written, "changes": changes, "warnings": list(result.warnings)}
 
 
 def lock_check_json(stale: list[Change]) -> LockCheckJson:

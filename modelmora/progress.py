@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 class SilentProgress:
-    def begin(self, files: int, total_bytes: int) -> None:
+    def begin(self, files: int, total_bytes: int, verb: str = "Downloading") -> None:
         pass
 
     def start(self, key: str, label: str, size: int) -> None:
@@ -33,10 +33,10 @@ class PlainProgress(SilentProgress):
         self.labels: dict[str, tuple[str, int]] = {}
         self.lock = threading.Lock()
 
-    def begin(self, files: int, total_bytes: int) -> None:
+    def begin(self, files: int, total_bytes: int, verb: str = "Downloading") -> None:
         if files:
             noun = "file" if files == 1 else "files"
-            self.write(f"Downloading {files} {noun} ({total_bytes / 1e6:.1f} MB)")
+            self.write(f"{verb} {files} {noun} ({total_bytes / 1e6:.1f} MB)")
 
     def start(self, key: str, label: str, size: int) -> None:
         with self.lock:
@@ -85,10 +85,11 @@ class RichProgress(SilentProgress):
     ) -> None:
         self.bars.__exit__(kind, value, traceback)
 
-    def begin(self, files: int, total_bytes: int) -> None:
+    def begin(self, files: int, total_bytes: int, verb: str = "Downloading") -> None:
         if files:
             noun = "file" if files == 1 else "files"
-            self.total = self.bars.add_task(f"total ({files} {noun})", total=total_bytes)
+            label = f"{verb.lower()} {files} {noun}"
+            self.total = self.bars.add_task(label, total=total_bytes)
 
     def start(self, key: str, label: str, size: int) -> None:
         self.tasks[key] = self.bars.add_task(label, total=size)

@@ -31,7 +31,7 @@ InstallMode = Literal["sync", "locked", "frozen"]
 class Progress(Protocol):
     """Receives download progress; every method may be called from several threads."""
 
-    def begin(self, files: int, total_bytes: int) -> None: ...
+    def begin(self, files: int, total_bytes: int, verb: str = "Downloading") -> None: ...
     def start(self, key: str, label: str, size: int) -> None: ...
     def advance(self, key: str, count: int) -> None: ...
     def finish(self, key: str) -> None: ...
@@ -449,13 +449,19 @@ def install(
         return _install(project, current, cache, offline, progress or SilentProgress())
 
 
+def _fetch_verb(missing: Sequence[tuple[LockedModel, LockedFile]]) -> str:
+    """`Copying` when every file comes from a folder on this machine, else `Downloading`."""
+    local = all(sources.kind(model.source) in ("folder", "package") for model, _ in missing)
+    return "Copying" if local else "Downloading"
+
+
 def _install(
     project: Project, lock: Lock, cache: Cache, offline: bool, progress: Progress
 ) -> InstallResult:
     """Install `lock` under the cache's lease: what it uses is claimed before it is looked at."""
     cache.protect(lock.models.values())
     missing = _missing_files(lock, cache)
-    progress.begin(len(missing), sum(file.size for _, file in missing))
+    progress.begin(len(missing), sum(file.size for _, file in missing), _fetch_verb(missing))
     _download_all(project, cache, missing, offline, progress)
     for model in lock.models.values():
         link_project_model(project.root, model.name, cache.build_snapshot(model))

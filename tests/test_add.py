@@ -326,3 +326,30 @@ def test_a_home_or_absolute_folder_is_stored_as_written(tmp_path: Path) -> None:
     model_folder(Path.home() / "models" / "e", BERT)
     project.add(demo, "~/models/e")
     assert table(demo, "e")["source"] == "~/models/e"
+
+
+def test_a_local_folder_is_copied_not_downloaded(tmp_path: Path) -> None:
+    from modelmora.progress import PlainProgress
+
+    demo = new_project(tmp_path / "p", '[models.e]\nsource = "./e"\ntask = "embedding"\n')
+    model_folder(demo.root / "e", {"architectures": ["BertModel"]})
+    lines: list[str] = []
+    project.install(demo, progress=PlainProgress(lines.append))
+    assert lines[0].startswith("Copying 3 files")
+
+
+@pytest.mark.slow
+def test_lock_prints_an_unsure_task_as_a_warning(tmp_path: Path) -> None:
+    demo = new_project(tmp_path / "p", '[models.m]\nsource = "./mlm"\ntask = "embedding"\n')
+    model_folder(demo.root / "mlm", {"architectures": ["BertForMaskedLM"]})
+
+    def lock(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "modelmora", "lock", *args]
+        env = {**os.environ, "COLUMNS": "200"}
+        return subprocess.run(command, cwd=demo.root, capture_output=True, text=True, env=env)
+
+    dry = lock("--dry-run", "--json")  # resolves, writes nothing
+    assert "BertForMaskedLM" in json.loads(dry.stdout)["warnings"][0]
+    locked = lock()
+    assert locked.returncode == 0, locked.stderr
+    assert "warning:" in locked.stderr and "BertForMaskedLM" in locked.stderr
