@@ -180,6 +180,7 @@ def add(
 
     from modelmora import project
 
+    say(f"Resolving {source} (its files, their sizes and hashes)...")
     with _progress() as progress:
         result = project.add(
             _project(),

@@ -96,6 +96,7 @@ def test_a_project_from_init_to_frozen_install(fake_hub: FakeHub, tmp_path: Path
     assert run("init", str(demo), cwd=tmp_path, check=1).stderr.startswith("error:")
 
     added = run("add", "hf://acme/tiny", "--task", "embedding", cwd=demo)
+    assert added.stdout.startswith("Resolving hf://acme/tiny")  # something before the downloads
     assert "Added tiny (embedding)" in added.stdout
     assert "fetched tiny/model.safetensors" in added.stderr  # plain progress when not a TTY
 
