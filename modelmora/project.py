@@ -6,6 +6,7 @@ the server and tests drive the same code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -95,6 +96,31 @@ def init(root: Path, name: str | None = None) -> Project:
     if not gitignore.exists():
         write_atomic(gitignore, ".modelmora/\n")
     return project
+
+
+def scratch_project(
+    source: str,
+    *,
+    task: str | None = None,
+    offline: bool = False,
+    progress: Progress | None = None,
+    cache: Cache | None = None,
+) -> Project:
+    """A throwaway project in the cache that holds one model, for `modelmora serve SOURCE`.
+
+    Made once per source (a folder is taken by its absolute path) and reused, so a second try
+    installs nothing; its manifest and lock lie in the cache's `scratch/` folder.
+    """
+    if sources.kind(source) == "folder":
+        source = str(Path(source).expanduser().resolve())
+    cache = cache or Cache()
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    scratch = Project(cache.root / "scratch" / key)
+    if not scratch.manifest_path.exists():
+        init(scratch.root, name="scratch")
+    if not scratch.manifest().models:
+        add(scratch, source, task=task, offline=offline, progress=progress, cwd=scratch.root)
+    return scratch
 
 
 def _template(name: str) -> str:

@@ -353,3 +353,23 @@ def test_lock_prints_an_unsure_task_as_a_warning(tmp_path: Path) -> None:
     locked = lock()
     assert locked.returncode == 0, locked.stderr
     assert "warning:" in locked.stderr and "BertForMaskedLM" in locked.stderr
+
+
+def test_a_scratch_project_holds_one_model_in_the_cache_and_is_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelmora.cache import Cache
+
+    folder = model_folder(tmp_path / "work" / "tiny", {"architectures": ["BertModel"]})
+    monkeypatch.chdir(folder.parent)
+    cache = Cache(tmp_path / "cache")
+
+    scratch = project.scratch_project("./tiny", task="embedding", cache=cache)
+    assert scratch.root.parent == cache.root / "scratch"
+    assert table(scratch, "tiny")["source"] == str(folder)  # absolute: the project lives elsewhere
+    assert project.model_path(scratch, "tiny").is_dir()
+    lock = scratch.lock_path.read_bytes()
+
+    monkeypatch.chdir(tmp_path)
+    again = project.scratch_project(str(folder), cache=cache)
+    assert again == scratch and scratch.lock_path.read_bytes() == lock
