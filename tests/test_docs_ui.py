@@ -70,6 +70,14 @@ def test_data_and_metrics_need_the_key(path: str) -> None:
     assert http.get(path, headers=KEY).status_code == 200
 
 
+def test_with_a_key_the_document_says_how_to_send_it() -> None:
+    document = client(api_key="s3cret").get("/openapi.json").json()
+
+    assert document["components"]["securitySchemes"]["key"]["scheme"] == "bearer"
+    assert document["security"] == [{"key": []}]
+    assert "security" not in client().get("/openapi.json").json()
+
+
 def test_metrics_public_opens_metrics_alone() -> None:
     http = client(api_key="s3cret", metrics_public=True)
 

@@ -84,8 +84,8 @@ class GenerationRuntime(TransformersRuntime):
         room = self.context_length() - prompt_ids.shape[1]
         if room < 1:
             raise InvalidInputError(
-                f"prompt: {prompt_ids.shape[1]} tokens do not fit the model's context "
-                f"of {self.context_length()}"
+                f"prompt: too long for the model's context (prompt tokens:"
+                f" {prompt_ids.shape[1]}, context: {self.context_length()})"
             )
         decoder = _Decoder(self.tokenizer, prompt_ids.shape[1], params.stop, self.end_token_ids)
         decoder.on_text, decoder.cancelled = on_text, cancelled or threading.Event()

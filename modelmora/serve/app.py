@@ -80,6 +80,9 @@ def create_app(
         models=models,
         bodies=served_bodies(models),
     )
+    if settings.api_key:  # so that /docs has "Authorize" and sends the key when trying it out
+        document["components"]["securitySchemes"] = {"key": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"key": []}]
     app = Starlette(
         routes=routes(ENDPOINTS) + document_routes(document),
         middleware=_middleware(settings, metrics),

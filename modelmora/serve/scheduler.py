@@ -454,8 +454,8 @@ class Scheduler:
             retry_after = queue.retry_after()
             live = queue.queued_inputs - queue.background_inputs
             raise OverloadedError(
-                f"model '{queue.name}' has {live} inputs queued, the most it takes"
-                f" is {queue.settings.max_queue}",
+                f"model '{queue.name}' has a full queue (inputs queued: {live},"
+                f" at most {queue.settings.max_queue})",
                 hint=f"retry after {retry_after} s, or raise max_queue for the model",
                 retry_after=retry_after,
             )
@@ -579,8 +579,8 @@ class Scheduler:
         output = await self.dispatch(batch)
         if len(output.outputs) != len(inputs):
             raise ServeError(
-                f"model '{queue.name}' answered {len(output.outputs)} results for"
-                f" {len(inputs)} inputs"
+                f"model '{queue.name}' answered the wrong number of results"
+                f" (inputs: {len(inputs)}, results: {len(output.outputs)})"
             )
         self.note_batch(queue, len(inputs), loop.time() - started)
         outputs = output.outputs if order is None else unsort(output.outputs, order)

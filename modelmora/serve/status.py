@@ -63,7 +63,7 @@ class ModelStatus(BaseModel):
         default=None, description="how the last crashed worker died, kept after it restarted"
     )
     last_load_ms: float | None
-    error: str | None = Field(description="why the model is failed or restarting")
+    error: str | None = Field(description="why the model failed or is restarting")
     queued: dict[str, int] = Field(
         default_factory=dict, description="requests waiting in the queue, per priority"
     )

@@ -145,7 +145,7 @@ def split(result: Result, field: str, count: int) -> list[Result]:
     """One record per input: its entry of `field`, its tokens, and the fields all inputs share."""
     values = result.get(field)
     if not isinstance(values, list) or len(values) != count:
-        raise ServeError(f"the runtime answered no list of {count} '{field}' for {count} inputs")
+        raise ServeError(f"the runtime answered no list with one '{field}' per input ({count})")
     own = (field, INPUT_TOKENS, "prompt_tokens")
     shared = {key: value for key, value in result.items() if key not in own}
     tokens = result.get(INPUT_TOKENS) or guessed_tokens(result, count)
