@@ -187,7 +187,12 @@ def test_malformed_json_is_openais_error_shape(url: str) -> None:
         (
             "/v1/chat/completions",
             {"model": "gen", "messages": CHAT, "tools": []},
-            "tools: unknown field; check its spelling against /docs",
+            "tools: not supported by ModelMora; leave it out",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "gen", "messages": CHAT, "max_tokenz": 3},
+            "max_tokenz: unknown field; check its spelling against /docs",
         ),
         (
             "/v1/completions",

@@ -304,6 +304,8 @@ def test_log_settings_are_checked() -> None:
     assert (server.log_format, server.log_file, server.metrics_public) == ("text", "s.log", True)
     with pytest.raises(ModelmoraError, match="--log-format: 'xml' is not a log format"):
         settings.resolve({"log_format": "xml"}, {}, {}, "modelmora.toml")
+    with pytest.raises(ModelmoraError, match=r"--log-file: '/no/such/s\.log': there is no folder"):
+        settings.resolve({"log_file": "/no/such/s.log"}, {}, {}, "modelmora.toml")
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from modelmora.errors import ModelmoraError
@@ -158,6 +159,15 @@ def _log_format(value: Any) -> LogFormat:
     return cast(LogFormat, value)
 
 
+def _log_file(value: Any) -> str | None:
+    path = Path(str(value)).expanduser()
+    if not str(value):
+        return None
+    if not path.parent.is_dir():
+        raise ValueError(f"'{value}': there is no folder {path.parent}")
+    return str(path)
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -207,7 +217,7 @@ KEYS: dict[str, tuple[Section, Callable[[Any], Any]]] = {
     "max_body_bytes": ("server", parse_size),
     "job_retention": ("server", _positive_duration),
     "log_format": ("server", _log_format),
-    "log_file": ("server", lambda value: str(value) or None),
+    "log_file": ("server", _log_file),
     "metrics_public": ("server", _flag),
     "max_loaded_models": ("supervisor", _count),
     "memory_budget": ("supervisor", _optional_size),

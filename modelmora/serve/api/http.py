@@ -101,10 +101,22 @@ _OTHER_API_SPELLING = {
 """A field of the native API sent to the OpenAI one, or the other way round."""
 
 
+_NOT_IMPLEMENTED = frozenset(
+    {
+        "audio", "function_call", "functions", "metadata", "modalities", "parallel_tool_calls",
+        "prediction", "reasoning_effort", "response_format", "service_tier", "store", "suffix",
+        "tool_choice", "tools", "web_search_options",
+    }
+)  # fmt: skip
+"""OpenAI parameters that ModelMora does not implement (those with a no-op value are fields)."""
+
+
 def _unknown_field(field: str) -> str:
     other = _OTHER_API_SPELLING.get(field)
     if other is not None:
         return f"unknown field; this API calls it `{other}`"
+    if field in _NOT_IMPLEMENTED:
+        return "not supported by ModelMora; leave it out"
     return "unknown field; check its spelling against /docs"
 
 
