@@ -282,13 +282,12 @@ def test_logs_are_lines_for_a_person_on_a_terminal_and_json_elsewhere(
     from modelmora.serve.api.telemetry import TextFormatter, log_config
 
     record = logging.LogRecord("modelmora.access", logging.INFO, "", 0, "request", None, None)
-    record.fields = {"method": "GET", "path": "/models", "status": 200, "model": None}
+    record.fields = {"method": "GET", "path": "/models", "status": 200, "duration_ms": 1.25}
+    record.fields |= {"request_id": "ab12", "model": None}
     with_file = log_config("info", "auto", "/tmp/server.log")
     monkeypatch.setattr(sys, "stderr", Terminal())
 
-    assert (
-        TextFormatter().format(record)[12:] == " INFO    request method=GET path=/models status=200"
-    )
+    assert TextFormatter().format(record)[12:] == " INFO    GET /models 200 1.2 ms request_id=ab12"
     assert log_config("info")["handlers"]["stderr"]["formatter"] == "text"
     assert with_file["handlers"]["stderr"]["formatter"] == "json"  # stderr was no terminal then
     assert with_file["handlers"]["file"] == {

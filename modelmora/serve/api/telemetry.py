@@ -314,13 +314,25 @@ def log_entry(record: logging.LogRecord, formatter: logging.Formatter) -> dict[s
 
 
 def text_line(entry: dict[str, Any]) -> str:
-    """A log entry for a person: `19:40:06.123 INFO    request method=GET ... status=200`."""
+    """A log entry for a person: `19:40:06.123 INFO    POST /infer/minilm 200 12.3 ms model=...`."""
     moment = str(entry.get("time", ""))[11:23]
     level = str(entry.get("level", "")).upper()
-    known = {"time", "level", "logger", "message", "exception"}
+    message, shown = _headline(entry)
+    known = {"time", "level", "logger", "message", "exception", *shown}
     extra = " ".join(f"{k}={v}" for k, v in entry.items() if k not in known and v is not None)
-    line = f"{moment} {level:<7} {entry.get('message', '')} {extra}".rstrip()
+    line = f"{moment} {level:<7} {message} {extra}".rstrip()
     return f"{line}\n{entry['exception']}" if entry.get("exception") else line
+
+
+_ACCESS = ("method", "path", "status", "duration_ms")
+
+
+def _headline(entry: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """An access record reads as `POST /infer/minilm 200 12.3 ms`; others by their message."""
+    if entry.get("message") != "request" or not all(key in entry for key in _ACCESS):
+        return str(entry.get("message", "")), ()
+    method, path, status, duration = (entry[key] for key in _ACCESS)
+    return f"{method} {path} {status} {float(duration):.1f} ms", _ACCESS
 
 
 class JsonFormatter(logging.Formatter):
