@@ -478,6 +478,13 @@ app.command("sync", help="Make the project's models match the lock (same as `ins
 
 @app.command()
 def serve(
+    source: str | None = typer.Argument(
+        None,
+        metavar="[SOURCE]",
+        help="Try one model without a project: a folder, hf://ORG/REPO, https://URL or "
+        "pkg://MODULE/PATH (kept in a scratch project in the cache, reused next time).",
+    ),
+    task: str | None = typer.Option(None, help="With SOURCE: its task, if it cannot be guessed."),
     host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1]."),
     port: int | None = typer.Option(None, help="Port [default: 8000]."),
     max_loaded_models: int | None = typer.Option(None, help="Most models loaded at once (0: any)."),
@@ -493,14 +500,15 @@ def serve(
     frozen: bool = typer.Option(False, "--frozen", help="Never lock or install; fail instead."),
     offline: bool = typer.Option(False, help="Install from the cache only."),
 ) -> None:
-    """Serve the project's models over HTTP (native and OpenAI-compatible APIs)."""
+    """Serve the project's models, or one SOURCE, over HTTP (native and OpenAI-compatible APIs)."""
     import os
 
     from modelmora import project
     from modelmora.serve import config
     from modelmora.serve.app import bind, run_server, served_models
 
-    current = _project()
+    if task is not None and source is None:
+        raise typer.BadParameter("--task goes with a SOURCE: `modelmora serve ./folder --task ...`")
     flags = {
         "host": host,
         "port": port,
@@ -513,17 +521,31 @@ def serve(
         "log_format": log_format,
         "log_file": log_file,
     }
-    manifest = current.manifest()
-    settings = config.resolve(flags, os.environ, manifest.serve, manifest.path.name)
+    current = None if source else _project()
+    manifest = current.manifest() if current else None
+    table, where = (manifest.serve, manifest.path.name) if manifest else ({}, "SOURCE")
+    settings = config.resolve(flags, os.environ, table, where)
     settings = settings.quiet() if options.quiet else settings
     sock = bind(settings.server)  # a port in use fails here, before installing or starting
-    if not frozen:
+    if current is None:
+        current = _scratch_project(str(source), task, offline)
+    elif not frozen:
         _install_before_serving(current, offline)
     installed = project.installed_models(current, frozen=True)  # the lock is fresh by now
     models = served_models(installed, settings.preload)
     server = settings.server
     say(f"Serving {plural(len(models), 'model')} on http://{server.host}:{server.port}")
     run_server(models, settings, current.jobs_path, sock)
+
+
+def _scratch_project(source: str, task: str | None, offline: bool) -> Project:
+    """The cache's throwaway project for `serve SOURCE`: added and installed on first use."""
+    from modelmora import project
+
+    with _progress() as progress:
+        scratch = project.scratch_project(source, task=task, offline=offline, progress=progress)
+    say(f"Serving {source} from a scratch project in {scratch.root}")
+    return scratch
 
 
 def _install_before_serving(current: Project, offline: bool) -> None:

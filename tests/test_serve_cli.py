@@ -330,3 +330,32 @@ def test_logs_shows_the_end_of_the_log_file(embedding_project: Path) -> None:
         "error: the server logs to stderr only; "
         "start it with `modelmora serve --log-file PATH` (or [serve] log_file)"
     )
+
+
+@pytest.mark.slow
+def test_serve_a_folder_without_a_project(tmp_path: Path) -> None:
+    build_embedding_model(tmp_path / "tiny-bert")
+    port = free_port()
+    env = {**os.environ, "MODELMORA_HOME": str(tmp_path / "home"), "MODELMORA_PORT": str(port)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelmora", "serve", "./tiny-bert", "--task", "embedding"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        answer = httpx.post(f"{url}/infer/tiny-bert", json={"inputs": "hello"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"]["dimensions"] == 32
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=60)
+    assert "from a scratch project in" in stdout
+    assert not (tmp_path / "modelmora.toml").exists()  # nothing written where it was run
+    assert list((tmp_path / "home").glob("**/scratch/*/modelmora.lock"))
+
+
+@pytest.mark.slow
+def test_task_without_a_source_is_a_usage_error(tmp_path: Path) -> None:
+    refused = cli("serve", "--task", "embedding", cwd=tmp_path)
+    assert refused.returncode == 2 and "--task goes with a SOURCE" in refused.stderr
