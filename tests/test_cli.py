@@ -202,7 +202,7 @@ def test_project_after_other_commands(installed_demo: Path, tmp_path: Path) -> N
 
 
 def test_global_options_after_double_dash_are_left_alone() -> None:
-    from modelmora.cli import _global_flags_first
+    from modelmora.cli.app import _global_flags_first
 
     args = ["run", "m", "--json", "-q", "-p", "D", "--", "-p", "x", "--quiet", "--project=y"]
     assert _global_flags_first(args) == [

@@ -224,7 +224,7 @@ def test_a_template_whose_server_failed_to_start_exits_quietly() -> None:
 def test_run_prints_a_classifier_as_label_and_score_lines(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from modelmora.cli import _print_result
+    from modelmora.cli.serving import _print_result
 
     labels = [{"label": "positive", "score": 0.75}, {"label": "neg", "score": 0.25}]
     _print_result("text-classification", ["good"], {"predictions": [labels]})

@@ -1,0 +1,12 @@
+"""The `modelmora` command.
+
+app.py      the Typer app, global options, output helpers, `main`
+manage.py   the project: init, add, remove, lock, install, list, show, path, pull, rm, sync
+serving.py  the server: serve, run, load, stop, logs, ps, jobs
+caching.py  the shared cache: dir, verify, gc, du, list
+"""
+
+from modelmora.cli import caching, manage, serving  # noqa: F401  (importing registers the commands)
+from modelmora.cli.app import app, main
+
+__all__ = ["app", "main"]
