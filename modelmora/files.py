@@ -7,6 +7,7 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 CHUNK = 1024 * 1024
@@ -96,3 +97,10 @@ def replace_symlink(link: Path, target: Path) -> None:
     temp.unlink(missing_ok=True)
     temp.symlink_to(target, target_is_directory=True)
     os.replace(temp, link)
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every file under `root`, at any depth."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            yield Path(folder) / name

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from modelmora.cache import CacheUse, GcReport, ModelUse, SnapshotUse
+    from modelmora.cache import GcReport
+    from modelmora.diskuse import CacheUse, ModelUse, SnapshotUse
     from modelmora.lockfile import Change, LockedFile
     from modelmora.project import InstallResult, LockResult, ModelInfo, VerifyResult
 
@@ -223,7 +224,7 @@ def snapshot_json(snapshot: SnapshotUse, by_path: dict[Path, SnapshotUse]) -> Sn
 
 def cache_model_json(model: ModelUse, by_path: dict[Path, SnapshotUse]) -> CacheModelJson:
     """`installed`: the snapshot the project's lock points at is in the cache."""
-    from modelmora.cache import snapshot_label
+    from modelmora.diskuse import snapshot_label
 
     found = by_path.get(model.snapshot)
     return {

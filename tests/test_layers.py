@@ -17,6 +17,8 @@ PACKAGE_MANAGER = [
     "modelmora.cache",
     "modelmora.sources",
     "modelmora.progress",
+    "modelmora.diskuse",
+    "modelmora.output",
 ]
 SERVER_PROCESS = [
     "modelmora.serve.app",

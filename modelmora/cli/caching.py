@@ -20,7 +20,7 @@ from modelmora.cli.app import (
 from modelmora.errors import ModelmoraError
 
 if TYPE_CHECKING:
-    from modelmora.cache import SnapshotUse
+    from modelmora.diskuse import SnapshotUse
 
 
 # --- cache commands -----------------------------------------------------------------------------
@@ -63,7 +63,8 @@ def gc(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Remove files no known project's lock uses."""
-    from modelmora.cache import Cache, gc_preview
+    from modelmora.cache import Cache
+    from modelmora.diskuse import gc_preview
     from modelmora.project import gc_cache
 
     cache = Cache()
@@ -81,7 +82,8 @@ def gc(
 @cache_app.command()
 def du(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Disk use per snapshot, bytes shared between snapshots, and which projects use each."""
-    from modelmora.cache import Cache, disk_use
+    from modelmora.cache import Cache
+    from modelmora.diskuse import disk_use
 
     cache = Cache()
     use = disk_use(cache)
@@ -121,7 +123,8 @@ def _print_snapshots(snapshots: Sequence[SnapshotUse]) -> None:
 @cache_app.command("list")
 def cache_list(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Every model of every project this cache knows, with its snapshot and size."""
-    from modelmora.cache import Cache, disk_use
+    from modelmora.cache import Cache
+    from modelmora.diskuse import disk_use
 
     use = disk_use(Cache())
     by_path = {snapshot.path: snapshot for snapshot in use.snapshots}
