@@ -140,10 +140,12 @@ class Slot:
             return 0.0
         return max(0.0, self.restart_at - time.monotonic())
 
-    def occupant(self) -> Occupant:
-        """This model as the room policy sees it."""
+    def occupant(self, measure: bool) -> Occupant:
+        """This model as the room policy sees it; its memory only when `measure` (a budget is set:
+        the estimate may stat its weight files)."""
         evictable = self.serving_worker is not None and self.is_idle
-        return Occupant(self.name, self.memory_estimate(), self.last_used or 0.0, evictable)
+        memory = self.memory_estimate() if measure else 0
+        return Occupant(self.name, memory, self.last_used or 0.0, evictable)
 
     def memory_estimate(self) -> int:
         """Memory measured at its last load, or else the size of its weight files."""

@@ -417,17 +417,22 @@ class Supervisor:
 
     def victims_for(self, slot: Slot) -> list[str] | None:
         """Whom to evict for `slot` ([] when it fits now, None when it must wait)."""
-        others = [other.occupant() for other in self.slots.values() if self.holds_room(other, slot)]
-        if fits(slot.memory_estimate(), others, self.limits):
-            return []
-        return evictions_for(slot.memory_estimate(), others, self.limits)
-
-    def holds_room(self, other: Slot, slot: Slot) -> bool:
-        return other is not slot and other.occupies_room
+        measure = self.limits.memory_budget is not None
+        others = [
+            other.occupant(measure)
+            for other in self.slots.values()
+            if other is not slot and other.occupies_room
+        ]
+        needed = slot.memory_estimate() if measure else 0
+        return (
+            [] if fits(needed, others, self.limits) else evictions_for(needed, others, self.limits)
+        )
 
     def evict_over_budget(self, loaded: Slot) -> None:
         """Measured memory can exceed the estimate a load was admitted on: evict idle others."""
-        occupants = [slot.occupant() for slot in self.slots.values() if slot.occupies_room]
+        if self.limits.memory_budget is None:
+            return
+        occupants = [slot.occupant(True) for slot in self.slots.values() if slot.occupies_room]
         for name in over_budget(occupants, self.limits, keep=loaded.name):
             self.begin_unload(self.slots[name], "evict")
 
