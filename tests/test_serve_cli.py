@@ -359,3 +359,30 @@ def test_serve_a_folder_without_a_project(tmp_path: Path) -> None:
 def test_task_without_a_source_is_a_usage_error(tmp_path: Path) -> None:
     refused = cli("serve", "--task", "embedding", cwd=tmp_path)
     assert refused.returncode == 2 and "--task goes with a SOURCE" in refused.stderr
+
+
+def test_served_connections_send_without_nagle_delay() -> None:
+    """A connection accepted on the socket `bind` makes has TCP_NODELAY, as asyncio sets it only
+    for sockets that say they are TCP: without it a response's body waits for the client's
+    delayed ACK of its headers, 40 ms per request on Linux."""
+    import asyncio
+
+    from modelmora.serve.app import bind
+
+    async def accepted_nodelay() -> int:
+        sock = bind(settings.ServerSettings(host="127.0.0.1", port=0))
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted = writer.get_extra_info("socket")
+            seen.set_result(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await seen
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) != 0

@@ -159,7 +159,9 @@ def bind(settings: ServerSettings) -> socket.socket:
     """The server's socket, bound as uvicorn binds it: a port in use is one line, before anything
     starts (no worker template, no model), and not a failure halfway through the start."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on connections of a socket that says TCP,
+    # and without it Nagle holds each response's body until the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
