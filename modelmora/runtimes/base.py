@@ -33,6 +33,7 @@ class TransformersRuntime:
         self.device = "cpu"
         self.model: Any = None
         self.tokenizer: Any = None
+        self.config: Any = None
 
     def load(self, spec: ModelSpec) -> None:
         raise NotImplementedError
@@ -63,13 +64,9 @@ class TransformersRuntime:
         logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         device = resolve_device(spec.device)
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = model_class.from_pretrained(
-            folder,
-            local_files_only=True,
-            dtype=resolve_dtype(spec.dtype, device),
-            use_safetensors=True if any(folder.glob("*.safetensors")) else None,
-        )
+        model = load_weights(model_class, folder, resolve_dtype(spec.dtype, device))
         self.model = model.to(device).eval()
+        self.config = self.model.config
         self.device = str(next(self.model.parameters()).device)
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> Any:
@@ -83,7 +80,7 @@ class TransformersRuntime:
 
     def context_length(self) -> int:
         """The longest input the model takes, from the tokenizer or else the model's config."""
-        config = self.model.config
+        config = self.config
         limits = [
             getattr(config, "max_position_embeddings", None),
             getattr(config, "n_positions", None),
@@ -92,6 +89,17 @@ class TransformersRuntime:
         # Tokenizers without a limit report a huge sentinel (1e30); configs may miss the field.
         known = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
         return min(known) if known else 512
+
+
+def load_weights(model_class: Any, folder: Path, dtype: torch.dtype, **options: Any) -> Any:
+    """A transformers model from a local folder only, safetensors first."""
+    return model_class.from_pretrained(
+        folder,
+        local_files_only=True,
+        dtype=dtype,
+        use_safetensors=True if any(folder.glob("*.safetensors")) else None,
+        **options,
+    )
 
 
 def token_counts(attention_mask: torch.Tensor) -> dict[str, Any]:

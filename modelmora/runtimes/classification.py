@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelmora.runtimes import ModelSpec
 from modelmora.runtimes.base import TransformersRuntime, int_field, text_list, token_counts
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ClassificationRuntime(TransformersRuntime):
@@ -25,7 +28,9 @@ class ClassificationRuntime(TransformersRuntime):
         from transformers import AutoModelForSequenceClassification
 
         self.load_pretrained(AutoModelForSequenceClassification, spec)
-        config = self.model.config
+        self.read_labels(self.config)
+
+    def read_labels(self, config: Any) -> None:
         self.labels = [str(config.id2label[index]) for index in range(config.num_labels)]
         # Multi-label models score each label on its own (sigmoid); the others share one softmax.
         self.multi_label = config.problem_type == "multi_label_classification"
@@ -37,12 +42,17 @@ class ClassificationRuntime(TransformersRuntime):
         top_k = int_field(request, "top_k", 1, minimum=1)
         batch = self.tokenize(texts)
         with torch.inference_mode():
-            logits = self.model(**batch).logits.float()
+            logits = self.logits(batch).float()
         scores = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
         return {
             "predictions": [self._ranked(row, top_k) for row in scores.cpu().tolist()],
             **token_counts(batch["attention_mask"]),
         }
+
+    def logits(self, batch: Any) -> torch.Tensor:
+        """One row of label scores per input, before softmax or sigmoid."""
+        logits: torch.Tensor = self.model(**batch).logits
+        return logits
 
     def _ranked(self, scores: list[float], top_k: int | None) -> list[dict[str, Any]]:
         ranked = sorted(

@@ -33,6 +33,10 @@ class EmbeddingRuntime(TransformersRuntime):
         from transformers import AutoModel
 
         self.load_pretrained(AutoModel, spec)
+        self.configure(spec)
+
+    def configure(self, spec: ModelSpec) -> None:
+        """Pooling and the input limit, from the options or the model's files."""
         self.pooling = str(spec.options.get("pooling") or pooling_of(Path(spec.path)))
         if self.pooling not in POOLING_MODES:
             raise ModelmoraError(f"pooling '{self.pooling}' is not one of {POOLING_MODES}")
@@ -45,7 +49,7 @@ class EmbeddingRuntime(TransformersRuntime):
         normalize = bool_field(request, "normalize", True)
         batch = self.tokenize(texts, self.max_length)
         with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state
+            hidden = self.hidden_states(batch)
             vectors = pool(hidden, batch["attention_mask"], self.pooling)
             if normalize:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
@@ -54,6 +58,11 @@ class EmbeddingRuntime(TransformersRuntime):
             "dimensions": int(vectors.shape[1]),
             **token_counts(batch["attention_mask"]),
         }
+
+    def hidden_states(self, batch: Any) -> torch.Tensor:
+        """The last layer's states, one row per token: (batch, tokens, hidden)."""
+        hidden: torch.Tensor = self.model(**batch).last_hidden_state
+        return hidden
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
