@@ -28,6 +28,10 @@ MANIFEST_NAME = "modelmora.toml"
 BUILTIN_TASKS = ("embedding", "text-classification", "text-generation")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DEFAULT_INCLUDE = ("*.json", "*.txt", "*.safetensors", "*.model", "*.tiktoken", "*.jinja")
+# A repository's own ONNX export (sentence-transformers, Xenova...): used as is, else exported.
+ONNX_INCLUDE = ("onnx/model.onnx", "onnx/model.onnx_data")
+BACKENDS = ("torch", "onnx")
+ONNX_TASKS = ("embedding", "text-classification")
 SOURCE_SCHEMES = ("hf://", "https://", "http://", "file://", "pkg://")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HUB_SOURCE = re.compile(r"^hf://[^/@\s]+/[^/@\s]+$")
@@ -63,6 +67,7 @@ class ModelSpec(BaseModel):
     keep_alive: str | float | None = None
     threads: int | None = Field(default=None, ge=1)
     runtime: str | None = None
+    backend: str = "torch"
     options: dict[str, Any] = Field(default_factory=dict)
     # Scheduling (see modelmora.serve.scheduler.BatchSettings); None keeps the server's default.
     max_batch_size: int | None = Field(default=None, ge=1)
@@ -105,10 +110,20 @@ class ModelSpec(BaseModel):
             raise ValueError(f"unknown dtype '{value}'; use one of {', '.join(dtypes)}")
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend '{value}'; use torch or onnx")
+        return value
+
     @property
     def patterns(self) -> tuple[str, ...]:
-        """The include patterns in effect: the manifest's, or the default (weights, configs)."""
-        return self.include if self.include is not None else DEFAULT_INCLUDE
+        """The include patterns in effect: the manifest's, or the default (weights, configs, and
+        for the onnx backend the repository's own export)."""
+        if self.include is not None:
+            return self.include
+        return DEFAULT_INCLUDE + ONNX_INCLUDE if self.backend == "onnx" else DEFAULT_INCLUDE
 
     def lock_inputs(self) -> dict[str, Any]:
         """The fields that decide what gets locked; a change to any of them makes the lock stale."""
@@ -248,6 +263,7 @@ def _validate_model(name: str, table: dict[str, Any], filename: str) -> ModelSpe
     builtin = spec.task in BUILTIN_TASKS  # checked first: scanning entry points costs 0.1 s
     if spec.runtime is None and not builtin and spec.task not in known_tasks():
         raise ManifestError(f"{where}.task: {_unknown_task_message(spec.task)}")
+    _check_backend(spec, where)
     _check_pickle_patterns(spec, where)
     return spec
 
@@ -257,6 +273,22 @@ def _unknown_task_message(task: str) -> str:
     close = difflib.get_close_matches(task, tasks, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(tasks)}"
     return f"unknown task '{task}'; {hint}"
+
+
+def _check_backend(spec: ModelSpec, where: str) -> None:
+    if spec.backend != "onnx":
+        return
+    if spec.task not in ONNX_TASKS:
+        raise ManifestError(
+            f"{where}.backend: the onnx backend serves {' and '.join(ONNX_TASKS)}, "
+            f"not the task '{spec.task}'",
+            "remove backend, or set it to torch",
+        )
+    if spec.dtype not in ("auto", "float32"):
+        raise ManifestError(
+            f"{where}.dtype: the onnx backend runs in float32, not {spec.dtype}",
+            "remove dtype, or set backend = 'torch'",
+        )
 
 
 def _check_pickle_patterns(spec: ModelSpec, where: str) -> None:
