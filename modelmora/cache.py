@@ -8,6 +8,7 @@
       leases/ID.json, ID.lock          what each running install uses, kept from `gc` while it runs
       git-blobs/AB/SHA1                the sha256 of small Hub files known by their git sha1
       projects.json                    the projects that use this cache, for `cache gc`
+      derived/onnx/KEY/                ONNX exports of torch weights (modelmora.runtimes.onnx)
 
 No network here: sources hand us byte streams. A blob appears only by an atomic rename of a file
 whose sha256 was checked, and a snapshot only by an atomic rename of a finished folder, so a crash

@@ -6,7 +6,7 @@ request, one request at a time.
 
 Which class serves a task, first match wins:
 1. the model's own `runtime = "package.module:Class"` in the manifest;
-2. the built-in runtimes below;
+2. the built-in runtimes below, for the model's backend (torch, or onnx for the tasks it serves);
 3. a plugin: an entry point in the group `modelmora.runtimes` whose name is the task.
 
 This module imports neither torch nor transformers, so the server process may import it; the task
@@ -30,6 +30,10 @@ BUILTIN_RUNTIMES = {
     "text-classification": "modelmora.runtimes.classification:ClassificationRuntime",
     "text-generation": "modelmora.runtimes.generation:GenerationRuntime",
 }
+ONNX_RUNTIMES = {
+    "embedding": "modelmora.runtimes.onnx:OnnxEmbeddingRuntime",
+    "text-classification": "modelmora.runtimes.onnx:OnnxClassificationRuntime",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class ModelSpec:
     threads: int = 1
     runtime: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    backend: str = "torch"
 
 
 class Runtime(Protocol):
@@ -68,8 +73,11 @@ class Runtime(Protocol):
 RuntimeFactory = Callable[[], Runtime]
 
 
-def resolve_runtime(task: str, override: str | None = None) -> RuntimeFactory:
+def resolve_runtime(
+    task: str, override: str | None = None, backend: str = "torch"
+) -> RuntimeFactory:
     """The class that serves `task`; raises ModelmoraError naming the fix when there is none."""
+    override = override or pinned_runtime(task, backend)
     if override:
         return _as_factory(import_object(override), override)
     if task in BUILTIN_RUNTIMES:
@@ -82,6 +90,16 @@ def resolve_runtime(task: str, override: str | None = None) -> RuntimeFactory:
         hint=f"install a plugin with a '{ENTRY_POINT_GROUP}' entry point named '{task}', "
         "or set runtime = 'package.module:Class' on the model",
     )
+
+
+def pinned_runtime(task: str, backend: str, override: str | None = None) -> str | None:
+    """The runtime a model names for itself: its manifest's `runtime`, else the built-in class of
+    a backend other than torch; None leaves the choice to `resolve_runtime`'s usual order."""
+    if override or backend == "torch":
+        return override
+    if backend != "onnx" or task not in ONNX_RUNTIMES:
+        raise ModelmoraError(f"backend '{backend}' does not serve the task '{task}'")
+    return ONNX_RUNTIMES[task]
 
 
 def import_object(reference: str) -> Any:

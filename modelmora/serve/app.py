@@ -150,6 +150,7 @@ def _served(model: InstalledModel, preload: bool) -> ServedModel:
         keep_alive=keep_alive_seconds(spec.keep_alive, f"modelmora.toml: models.{spec.name}"),
         threads=spec.threads,
         runtime=spec.runtime,
+        backend=spec.backend,
         options=spec.options,
         batching=batch_settings(spec.model_dump()),
     )

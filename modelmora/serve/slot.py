@@ -40,6 +40,7 @@ class ServedModel:
     keep_alive: float | None = None
     threads: int | None = None
     runtime: str | None = None
+    backend: str = "torch"
     options: Mapping[str, Any] = field(default_factory=dict)
     batching: BatchSettings = field(default_factory=BatchSettings)
     """How the server's scheduler queues and batches this model's requests."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from modelmora.errors import DeadlineExceededError, ServeError, UnavailableError, UnknownModelError
-from modelmora.runtimes import ModelSpec
+from modelmora.runtimes import ModelSpec, pinned_runtime
 from modelmora.serve.config import SupervisorSettings
 from modelmora.serve.launcher import Call, Launcher, Worker
 from modelmora.serve.placement import Limits, evictions_for, fits, over_budget
@@ -394,8 +394,10 @@ class Supervisor:
             device=model.device,
             dtype=model.dtype,
             threads=model.threads or self.default_threads,
-            runtime=model.runtime,
+            # Pinned here so that the worker imports the backend's class whatever it is told.
+            runtime=pinned_runtime(model.task, model.backend, model.runtime),
             options=dict(model.options),
+            backend=model.backend,
         )
 
     # room: max_loaded_models and memory_budget (the policy: modelmora.serve.placement)
