@@ -74,6 +74,7 @@ class ModelSpec(BaseModel):
     max_batch_delay_ms: float | None = Field(default=None, ge=0)
     max_batch_tokens: int | None = Field(default=None, ge=1)
     max_queue: int | None = Field(default=None, ge=1)
+    max_in_flight: int | None = Field(default=None, ge=1)
 
     @field_validator("source")
     @classmethod

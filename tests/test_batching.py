@@ -28,12 +28,12 @@ from waiting import eventually
 from modelmora.manifest import ModelSpec
 from modelmora.serve.app import create_app
 from modelmora.serve.batching import (
-    batch_delay,
     estimate_tokens,
     inputs_that_fit,
     is_batch_ready,
     options_group,
     plan_batch,
+    ready_at,
     sending_order,
     unsort,
 )
@@ -65,6 +65,8 @@ class Load:
     queued_inputs: int = 1
     queued_tokens: int = 1
     last_batch_size: int | None = None
+    returning: int = 0
+    freed_at: float = 0.0
     oldest: float = 100.0
 
     def oldest_enqueued_at(self) -> float:
@@ -89,9 +91,23 @@ def test_a_batch_is_ready_when_full_or_when_its_oldest_request_waited_the_delay(
     assert is_batch_ready(Load(settings, queued_inputs=4), head, now=100.0)
     assert is_batch_ready(Load(settings, queued_tokens=100), head, now=100.0)
     assert is_batch_ready(Load(settings), Queued([1], exclusive=True), now=100.0)
-    assert is_batch_ready(Load(settings, last_batch_size=1), head, now=100.0), "no delay after 1"
-    assert batch_delay(settings, last_batch_size=1) == 0.0
-    assert batch_delay(settings, last_batch_size=3) == batch_delay(settings, None) == 0.01
+
+
+def test_after_a_batch_the_next_waits_for_the_clients_just_answered_and_no_longer() -> None:
+    settings = BatchSettings(max_batch_size=8, max_batch_tokens=100, max_batch_delay_ms=10)
+    head = Queued([1])
+    # Two of the batch's four clients are not back yet: wait, up to the delay from when the
+    # worker freed up (the oldest request came in while the batch computed, long before).
+    waiting = Load(settings, queued_inputs=2, last_batch_size=4, returning=2, freed_at=100.5)
+    assert not is_batch_ready(waiting, head, now=100.505)
+    assert is_batch_ready(waiting, head, now=100.510)
+    assert ready_at(waiting) == 100.51
+    # All are back: leave at once, however few (a lone client never waits for company).
+    assert is_batch_ready(Load(settings, last_batch_size=4, freed_at=100.5), head, now=100.0)
+    assert is_batch_ready(Load(settings, last_batch_size=1, freed_at=99.0), head, now=100.0)
+    # Full leaves at once even while more are expected.
+    full = Load(settings, queued_inputs=8, last_batch_size=8, returning=3, freed_at=100.0)
+    assert is_batch_ready(full, head, now=100.0)
 
 
 def test_a_plan_takes_requests_in_order_with_equal_options_and_splits_the_last_one() -> None:
@@ -351,10 +367,14 @@ def test_batched_results_of_a_real_model_match_single_requests(
 
 def test_batching_settings_come_from_the_manifest_and_never_make_the_lock_stale() -> None:
     plain = ModelSpec(name="m", source="hf://org/m", task="embedding")
-    tuned = plain.model_copy(update={"max_batch_size": 64, "max_queue": 1000})
+    tuned = plain.model_copy(update={"max_batch_size": 64, "max_queue": 1000, "max_in_flight": 2})
 
     assert batch_settings(plain.model_dump()) == BatchSettings()
-    assert batch_settings(tuned.model_dump()) == BatchSettings(max_batch_size=64, max_queue=1000)
+    assert batch_settings(tuned.model_dump()) == BatchSettings(
+        max_batch_size=64, max_queue=1000, max_in_flight=2
+    )
     assert tuned.lock_inputs() == plain.lock_inputs()
     with pytest.raises(ValidationError, match="max_batch_delay_ms"):
         ModelSpec(name="m", source="hf://org/m", task="embedding", max_batch_delay_ms=-1)
+    with pytest.raises(ValidationError, match="max_in_flight"):
+        ModelSpec(name="m", source="hf://org/m", task="embedding", max_in_flight=0)

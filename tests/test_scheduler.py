@@ -253,29 +253,26 @@ def test_on_start_is_called_when_the_request_is_dispatched_not_when_it_queues() 
     run(scenario)
 
 
-def test_a_request_withdrawn_while_its_batch_checks_for_clients_is_not_computed() -> None:
+def test_the_next_batch_leaves_before_the_callers_of_the_last_one_resume() -> None:
     async def scenario() -> None:
-        scheduler, worker = make(max_batch_size=4)
+        # The worker must not wait while the event loop answers a finished batch's callers: the
+        # queued batch (with its clients checked, without awaiting) is dispatched first.
+        scheduler, worker = make(max_batch_size=1)
         blocker = await hold_the_worker(scheduler, worker)
-        checking, answer = asyncio.Event(), asyncio.Event()
-        started: list[str] = []
+        checked: list[str] = []
 
-        async def still_here() -> bool:
-            checking.set()
-            await answer.wait()
+        def still_here() -> bool:
+            checked.append("next")
             return False
 
-        withdrawn = start(scheduler.submit(MODEL, ["w"], on_start=lambda: started.append("w")))
-        slow = start(scheduler.submit(MODEL, ["slow"], is_disconnected=still_here))
-        await until(lambda: queued(scheduler) == 2)
+        following = start(scheduler.submit(MODEL, ["next"], is_disconnected=still_here))
+        await until(lambda: queued(scheduler) == 1)
+        batches_when_answered: list[int] = []
+        blocker.add_done_callback(lambda _: batches_when_answered.append(len(worker.batches)))
         worker.gate.set()
-        await checking.wait()  # the batch [w, slow] left the queue, w checked, slow being checked
-        withdrawn.cancel()
-        answer.set()
-        assert (await slow).outputs == ["out:slow"]
-        await blocker
-        assert withdrawn.cancelled() and started == []
-        assert worker.inputs_seen == ["blocker", "slow"]
+        await asyncio.gather(blocker, following)
+        assert checked == ["next"]
+        assert batches_when_answered == [2], "the next batch was dispatched first"
 
     run(scenario)
 
@@ -341,6 +338,25 @@ def test_a_lone_client_does_not_wait_for_company_after_a_batch_of_one() -> None:
         assert len(worker.batches) == 4, "after a batch of two, a lone request waits again"
         await asyncio.gather(first, scheduler.submit(MODEL, ["q"]))
         assert [len(batch.inputs) for batch in worker.batches] == [1, 1, 1, 2, 2]
+
+    run(scenario)
+
+
+def test_closed_loop_clients_batch_together_once_every_client_answered_is_back() -> None:
+    async def scenario() -> None:
+        # A delay no test waits out: a batch that is not full leaves only because every client
+        # of the last batch has sent its next request.
+        scheduler, worker = make(max_batch_size=8, max_batch_delay_ms=NEVER_MS, max_batch_tokens=64)
+        await scheduler.submit(MODEL, ["long " * 64])  # over the token budget: a batch of one now
+
+        async def client(name: str) -> None:
+            while len(worker.batches) < 6:
+                await scheduler.submit(MODEL, [name])
+
+        await asyncio.gather(*(client(f"c{i}") for i in range(5)))
+        # The first client finds nobody expected and goes alone; the four that came meanwhile
+        # wait for it to come back, and from then on the five go together every time.
+        assert [len(batch.inputs) for batch in worker.batches] == [1, 1, 5, 5, 5, 5]
 
     run(scenario)
 
@@ -420,10 +436,10 @@ def test_disconnected_or_cancelled_clients_are_not_computed() -> None:
         scheduler, worker = make(max_batch_size=8)
         blocker = await hold_the_worker(scheduler, worker)
 
-        async def gone() -> bool:
+        def gone() -> bool:
             return True
 
-        async def here() -> bool:
+        def here() -> bool:
             return False
 
         left = start(scheduler.submit(MODEL, ["left"], is_disconnected=gone))
@@ -547,4 +563,4 @@ def test_settings_are_checked() -> None:
         BatchSettings(max_batch_size=0)
     with pytest.raises(ValueError, match="delay"):
         BatchSettings(max_batch_delay_ms=-1)
-    assert math.isclose(BatchSettings().max_batch_delay_ms, 2.0)
+    assert math.isclose(BatchSettings().max_batch_delay_ms, 10.0)

@@ -7,9 +7,15 @@ awaits or reads the time, so each rule is tested with plain values.
 
 A batch takes queued inputs highest priority first, up to `max_batch_size` inputs and
 `max_batch_tokens` padded tokens (longest estimate x count; tokens are estimated as characters / 4,
-the worker tokenizes for real). Only requests with equal options share a batch. A batch leaves when
-full, or once its oldest request has waited `max_batch_delay_ms`; the delay is skipped after a
-batch of one, so a lone client never waits for company that does not come.
+the worker tokenizes for real). Only requests with equal options share a batch.
+
+A batch leaves when it is full, or when no more company is expected, or once the wait for company
+reaches `max_batch_delay_ms`. Company is expected from the clients just answered: most clients
+send their next request as soon as they have the last answer, so after a batch of n requests the
+next batch waits for n requests to come in (`returning`), counting the delay from when the worker
+freed up. Without that, under load, the next batch leaves with the few requests that came in while
+the last one computed, and the batches alternate between large and small. Once every client
+answered is back, the batch leaves at once: a lone client never waits for company.
 """
 
 from __future__ import annotations
@@ -72,6 +78,14 @@ class QueueLoad(Protocol):
     def queued_tokens(self) -> int: ...
     @property
     def last_batch_size(self) -> int | None: ...
+    @property
+    def returning(self) -> int:
+        """Requests answered since the last batch left, and not yet followed by a new one."""
+
+    @property
+    def freed_at(self) -> float:
+        """When a batch last finished (the worker freed up); 0.0 before the first."""
+
     def oldest_enqueued_at(self) -> float: ...
 
 
@@ -90,14 +104,20 @@ def options_group(options: Mapping[str, Any]) -> str:
     return json.dumps(options, sort_keys=True, default=repr)
 
 
-def batch_delay(settings: BatchSettings, last_batch_size: int | None) -> float:
-    """Seconds a batch may wait to fill: none after a batch of one (one client at a time)."""
-    return 0.0 if last_batch_size == 1 else settings.max_batch_delay_ms / 1000
-
-
 def ready_at(queue: QueueLoad) -> float:
-    """When the batch leaves even if it is not full: its oldest request has waited long enough."""
-    return queue.oldest_enqueued_at() + batch_delay(queue.settings, queue.last_batch_size)
+    """When the batch leaves even if it is not full.
+
+    While clients just answered are still to come back, it waits for them, at most the delay
+    counted from when the worker freed up (or from the oldest request, if younger). Once all are
+    back it leaves at once; before the first batch, it waits the delay for company.
+    """
+    delay = queue.settings.max_batch_delay_ms / 1000
+    oldest = queue.oldest_enqueued_at()
+    if queue.returning > 0:
+        return max(oldest, queue.freed_at) + delay
+    if queue.last_batch_size is not None:
+        return oldest
+    return oldest + delay
 
 
 def is_batch_ready(queue: QueueLoad, head: Queued, now: float) -> bool:

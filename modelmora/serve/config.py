@@ -102,17 +102,20 @@ class BatchSettings:
 
     max_batch_size: int = 32
     """Inputs per batch; 1 turns batching off."""
-    max_batch_delay_ms: float = 2.0
-    """How long the oldest queued request may wait for the batch to fill. This is added latency
-    when requests come one at a time, so it stays small; under load, requests wait for the batch
-    in flight anyway and leave as soon as it is done."""
+    max_batch_delay_ms: float = 10.0
+    """How long a batch may wait for company: for the clients of the last batch to send again
+    (counted from when the worker freed up), or, before the first batch, from its oldest request.
+    A lone client never waits (it is all the company expected); 10 ms won over 2 ms at 8, 32 and
+    128 clients (docs/benchmarks.md)."""
     max_batch_tokens: int = 8192
     """Padded tokens per batch (longest input x inputs); one input over it still goes, alone."""
     max_queue: int = 256
     """Inputs of live requests queued per model before new ones get 429; a larger request is
     taken only when the queue is empty. Jobs queue beside them and never count against it."""
     max_in_flight: int = 1
-    """Batches computing at once per model; 2 lets the next batch travel to the worker early."""
+    """Batches sent to the worker at once; 2 lets the next batch wait in the worker, but on a
+    machine whose cores the worker already uses, the server's work then slows its compute as much
+    as the overlap saves (docs/benchmarks.md)."""
     sort_by_length: bool = False
     """Send a batch's inputs longest first (results still come back in order): helps a runtime
     that splits a batch into padded sub-batches; a single padded batch does not care."""
@@ -126,7 +129,13 @@ class BatchSettings:
             raise ValueError("max_batch_delay_ms must not be negative")
 
 
-BATCH_FIELDS = ("max_batch_size", "max_batch_delay_ms", "max_batch_tokens", "max_queue")
+BATCH_FIELDS = (
+    "max_batch_size",
+    "max_batch_delay_ms",
+    "max_batch_tokens",
+    "max_queue",
+    "max_in_flight",
+)
 """The BatchSettings a model's manifest entry may set."""
 
 

@@ -137,7 +137,8 @@ class ModelStats:
 
 
 Dispatch = Callable[[Batch], Awaitable[BatchOutput]]
-IsDisconnected = Callable[[], Awaitable[bool]]
+IsDisconnected = Callable[[], bool]
+"""Whether the client has gone, known now: called just before its batch is dispatched."""
 OnStart = Callable[[], None]
 
 
@@ -217,9 +218,14 @@ class ModelQueue:
         self.delay_timer: asyncio.TimerHandle | None = None
         self.inputs_per_second: float | None = None
         self.last_batch_size: int | None = None
+        self.returning = 0
+        """Requests answered since the last batch left: their clients may be about to send again."""
+        self.freed_at = 0.0
         self.stats = ModelStats()
 
     def add(self, request: Request) -> None:
+        if not request.background:
+            self.returning = max(0, self.returning - 1)
         self.levels[request.priority].append(request)
         self.queued_inputs += request.remaining
         self.queued_tokens += sum(request.tokens)
@@ -517,6 +523,7 @@ class Scheduler:
             plan = plan_batch(queue.in_priority_order(), head, queue.settings)
             chunks = [queue.take(request, count) for request, count in plan]
             queue.in_flight += 1
+            queue.returning = 0
             self.tasks.start(self.run_batch(queue, chunks), queue.name)
 
     def arm_delay_timer(self, queue: ModelQueue) -> None:
@@ -534,32 +541,42 @@ class Scheduler:
             queue.delay_timer = None
 
     async def run_batch(self, queue: ModelQueue, chunks: list[Chunk]) -> None:
-        granted = False
+        holds_slot = True
         try:
-            chunks = await self.without_disconnected(queue, chunks)
+            chunks = self.without_disconnected(queue, chunks)
             if chunks and chunks[0].request.exclusive:
-                granted = self.grant_turn(queue, chunks[0].request)  # released by its holder
+                holds_slot = not self.grant_turn(queue, chunks[0].request)  # its holder releases
             elif chunks:
-                await self.compute(queue, chunks)
+                outputs, timing = await self.compute(queue, chunks)
+                # The next batch leaves before this one's callers resume: the worker does not wait
+                # while the event loop answers them.
+                queue.returning += sum(finishes_with(chunk) for chunk in chunks)
+                holds_slot = False
+                self.release(queue)
+                self.deliver(queue, chunks, outputs, timing)
         except BaseException as error:
             for chunk in chunks:
                 self.fail(queue, chunk.request, as_request_error(error), counts_as_failed=True)
             if not isinstance(error, Exception):
                 raise
         finally:
-            if not granted:
+            if holds_slot:
                 self.release(queue)
 
-    async def without_disconnected(self, queue: ModelQueue, chunks: list[Chunk]) -> list[Chunk]:
-        """The chunks still wanted; the caller dispatches them before anything else can run."""
+    def without_disconnected(self, queue: ModelQueue, chunks: list[Chunk]) -> list[Chunk]:
+        """The chunks still wanted. The checks do not await: nothing runs between them and the
+        dispatch, so a batch leaves as soon as the worker is free."""
         for chunk in chunks:
             request = chunk.request
             is_disconnected = request.is_disconnected
-            if is_disconnected is not None and not request.is_done and await is_disconnected():
+            if is_disconnected is not None and not request.is_done and is_disconnected():
                 self.drop(queue, request)
         return [chunk for chunk in chunks if not chunk.request.is_done]
 
-    async def compute(self, queue: ModelQueue, chunks: list[Chunk]) -> None:
+    async def compute(
+        self, queue: ModelQueue, chunks: list[Chunk]
+    ) -> tuple[Sequence[Any], Mapping[str, float]]:
+        """Run the chunks as one batch: one result per input in queued order, and the timing."""
         inputs = [text for chunk in chunks for text in chunk.inputs]
         order = None
         if queue.settings.sort_by_length:
@@ -584,7 +601,7 @@ class Scheduler:
             )
         self.note_batch(queue, len(inputs), loop.time() - started)
         outputs = output.outputs if order is None else unsort(output.outputs, order)
-        self.deliver(queue, chunks, outputs, output.timing)
+        return outputs, output.timing
 
     def note_started(self, request: Request, now: float) -> None:
         """The request's computation starts: tell its caller, who may no longer withdraw it."""
@@ -602,6 +619,7 @@ class Scheduler:
         stats.batch_sizes[size] = stats.batch_sizes.get(size, 0) + 1
         stats.compute_seconds += seconds
         queue.last_batch_size = size
+        queue.freed_at = asyncio.get_running_loop().time()
         queue.note_rate(size, seconds)
 
     def deliver(
@@ -674,6 +692,12 @@ class Scheduler:
         queue.in_flight -= 1
         if not self.is_closed:
             self.pump(queue)
+
+
+def finishes_with(chunk: Chunk) -> bool:
+    """Whether the chunk's batch answers its request, whose client may then send again."""
+    request = chunk.request
+    return not (request.background or request.is_done or request.remaining or request.computing > 1)
 
 
 def as_request_error(error: BaseException) -> BaseException:

@@ -27,6 +27,7 @@ class Batching(BaseModel):
     max_batch_delay_ms: float
     max_batch_tokens: int
     max_queue: int
+    max_in_flight: int
 
 
 class ModelStatus(BaseModel):

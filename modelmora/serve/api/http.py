@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 API_VERSION = "1"
 API_VERSION_HEADER = "X-ModelMora-API-Version"
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,34 @@ class AppState:
 def app_state(request: Request) -> AppState:
     """The supervisor, scheduler and settings of the app serving `request`."""
     return cast(AppState, request.app.state.modelmora)
+
+
+def client_gone(request: Request) -> Callable[[], bool]:
+    """Whether the request's client has closed its connection, known now, without awaiting.
+
+    Starlette's `is_disconnected` awaits the ASGI `receive` under a cancelled scope, which costs
+    a turn of the event loop per request; the scheduler checks every request of a batch just
+    before it leaves, and those turns kept the worker waiting. With the body read, `receive`
+    answers at once only when the client has gone, else it waits: a first step that does not
+    finish means the client is still there, and the pending receive is closed unawaited.
+    """
+
+    def check() -> bool:
+        message = first_step(request.receive())
+        return message is not None and message.get("type") == "http.disconnect"
+
+    return check
+
+
+def first_step(awaitable: Awaitable[T]) -> T | None:
+    """The awaitable's result if it finishes without suspending; else None, and it is closed."""
+    steps = awaitable.__await__()
+    try:
+        steps.send(None)
+    except StopIteration as finished:
+        return cast(T, finished.value)
+    steps.close()
+    return None
 
 
 class RequestValidationError(InvalidInputError):

@@ -23,7 +23,7 @@ from typing import Any
 from starlette.requests import Request
 
 from modelmora.errors import ServeError
-from modelmora.serve.api.http import AppState, app_state
+from modelmora.serve.api.http import AppState, app_state, client_gone
 from modelmora.serve.batching import Batch, BatchOutput
 from modelmora.serve.scheduler import IsDisconnected, OnStart, parse_priority
 from modelmora.serve.supervisor import InferenceResult, Supervisor
@@ -54,7 +54,7 @@ def admission(
 ) -> Admission:
     """The request's priority; its deadline counts from `arrival`, before the body was read."""
     deadline = app_state(request).supervisor.settings.deadline_after(arrival, timeout)
-    return Admission(request_priority(request, priority), deadline, request.is_disconnected)
+    return Admission(request_priority(request, priority), deadline, client_gone(request))
 
 
 def request_priority(request: Request, priority: int | None) -> int:
