@@ -253,30 +253,6 @@ def test_on_start_is_called_when_the_request_is_dispatched_not_when_it_queues() 
     run(scenario)
 
 
-def test_the_next_batch_leaves_before_the_callers_of_the_last_one_resume() -> None:
-    async def scenario() -> None:
-        # The worker must not wait while the event loop answers a finished batch's callers: the
-        # queued batch (with its clients checked, without awaiting) is dispatched first.
-        scheduler, worker = make(max_batch_size=1)
-        blocker = await hold_the_worker(scheduler, worker)
-        checked: list[str] = []
-
-        def still_here() -> bool:
-            checked.append("next")
-            return False
-
-        following = start(scheduler.submit(MODEL, ["next"], is_disconnected=still_here))
-        await until(lambda: queued(scheduler) == 1)
-        batches_when_answered: list[int] = []
-        blocker.add_done_callback(lambda _: batches_when_answered.append(len(worker.batches)))
-        worker.gate.set()
-        await asyncio.gather(blocker, following)
-        assert checked == ["next"]
-        assert batches_when_answered == [2], "the next batch was dispatched first"
-
-    run(scenario)
-
-
 def test_batches_form_under_concurrency_and_results_go_back_input_by_input() -> None:
     async def scenario() -> None:
         scheduler, worker = make(max_batch_size=8)
