@@ -108,8 +108,9 @@ class Peer:
         return [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
 
 
-def start_modelmora(folder: Path, extra: str, name: str) -> Peer:
-    server = Server(folder, MANIFEST.format(model=MODEL, extra=extra))
+def start_modelmora(folder: Path, manifest: str, name: str) -> Peer:
+    """`modelmora serve` of `manifest` (which serves MODEL) in `folder`, once MODEL is ready."""
+    server = Server(folder, manifest)
     server.wait_for_template()
     wait_for(lambda: status_of(server.port) == "ready", 600, f"{name} did not load the model")
 
@@ -349,6 +350,9 @@ def main() -> None:
         bodies.write_text("".join(json.dumps({"model": MODEL, "input": [t]}) + "\n" for t in texts))
         runtimes = {"torch": load_runtime("torch", threads)}
         if not args.no_onnx:
+            # Export the ONNX model where the onnx server's home will be: its worker then loads
+            # the cached export, as every load but the first does, and its memory is a load's.
+            os.environ["MODELMORA_HOME"] = str(folder / "onnx" / "home")
             runtimes["onnx"] = load_runtime("onnx", threads)
         reference = runtimes["torch"](texts[:32])["embeddings"]
         peers = start_peers(folder, args)
@@ -384,9 +388,9 @@ def start_peers(folder: Path, args: argparse.Namespace) -> list[Peer]:
         if extra and args.no_onnx:
             continue
         subfolder = folder / name.split("(")[1].rstrip(")")
-        subfolder.mkdir()
-        manifest_extra = f'backend = "{extra}"' if extra else ""
-        peers.append(start_modelmora(subfolder, manifest_extra, name))
+        subfolder.mkdir(exist_ok=True)
+        manifest = MANIFEST.format(model=MODEL, extra=f'backend = "{extra}"' if extra else "")
+        peers.append(start_modelmora(subfolder, manifest, name))
     if (args.infinity / "bin" / "infinity_emb").exists():
         peers.append(start_infinity(args.infinity, folder))
     else:
