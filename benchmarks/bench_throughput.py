@@ -118,7 +118,7 @@ def start_modelmora(folder: Path, manifest: str, name: str) -> Peer:
         return {
             key: value
             for key, value in server.metrics(MODEL).items()
-            if key in ("batch_size_sum", "batch_size_count")
+            if key.startswith(("batch_size_", "inference_seconds_"))
         }
 
     return Peer(name, server.port, "/v1/embeddings", server.process, server.stop, batch_metrics)
@@ -182,6 +182,9 @@ class Load:
     errors: int
     cores: dict[str, float]
     batch_mean: float | None
+    batch_ms: tuple[float, float] | None
+    """ModelMora: the worker's compute per batch (its own clock; the mean over requests), and the
+    time from one batch's start to the next's (the window over the batches in it)."""
     pss_mb: float
 
 
@@ -229,11 +232,14 @@ def measure_load(peer: Peer, bodies: Path, clients: int, warm_up: float, seconds
     after = cpu_times(processes)
     memory = peer.pss_mb()
     cores = {role: (after[role] - before[role]) / elapsed for role in after if role in before}
-    batch_mean = None
+    batch_mean, batch_ms = None, None
     if peer.metrics:
         now = peer.metrics()
-        count = now["batch_size_count"] - before_metrics["batch_size_count"]
-        batch_mean = (now["batch_size_sum"] - before_metrics["batch_size_sum"]) / max(count, 1)
+        change = {key: now[key] - before_metrics.get(key, 0.0) for key in now}
+        count = max(change["batch_size_count"], 1)
+        batch_mean = change["batch_size_sum"] / count
+        compute = change["inference_seconds_sum"] / max(change["inference_seconds_count"], 1)
+        batch_ms = (compute * 1000, elapsed / count * 1000)
     errors = sum(result[kind] for kind in ("non_2xx", "connect", "read", "write", "timeout"))
     return Load(
         clients=clients,
@@ -243,6 +249,7 @@ def measure_load(peer: Peer, bodies: Path, clients: int, warm_up: float, seconds
         errors=errors,
         cores=cores,
         batch_mean=batch_mean,
+        batch_ms=batch_ms,
         pss_mb=memory,
     )
 
@@ -441,12 +448,15 @@ def report(results: Results, concurrency: list[int], threads: int, args: Any) ->
             f"{mb:.0f}" for mb in loaded
         )
         print(f"| {peer} | " + " | ".join(cells) + f" | {memory} |")
-    print("\nWhere the CPU went (cores, 32 clients), and mean batch size:")
+    print("\nWhere the time went: cores used; mean batch; worker compute / time per batch (ms):")
     for peer, by_clients in results.loads.items():
-        for load in by_clients.get(32, []):
-            cores = ", ".join(f"{role} {used:.2f}" for role, used in load.cores.items())
-            batch = f"; mean batch {load.batch_mean:.1f}" if load.batch_mean is not None else ""
-            print(f"- {peer}: {cores}{batch}")
+        for clients, loads in by_clients.items():
+            for load in loads:
+                cores = ", ".join(f"{role} {used:.2f}" for role, used in load.cores.items())
+                batch = f"; batch {load.batch_mean:.1f}" if load.batch_mean is not None else ""
+                if load.batch_ms is not None:
+                    batch += f"; {load.batch_ms[0]:.0f} / {load.batch_ms[1]:.0f} ms"
+                print(f"- {peer}, {clients} clients: {cores}{batch}")
     print("\nLowest cosine to the in-process torch vectors (32 sentences):")
     for name, value in results.cosines.items():
         print(f"- {name}: {value:.6f}")
