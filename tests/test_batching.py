@@ -378,3 +378,32 @@ def test_batching_settings_come_from_the_manifest_and_never_make_the_lock_stale(
         ModelSpec(name="m", source="hf://org/m", task="embedding", max_batch_delay_ms=-1)
     with pytest.raises(ValidationError, match="max_in_flight"):
         ModelSpec(name="m", source="hf://org/m", task="embedding", max_in_flight=0)
+
+
+def test_a_gone_client_is_seen_without_awaiting_and_a_present_one_is_left_waiting() -> None:
+    """`first_step` runs a receive until it would wait: uvicorn answers at once only when the
+    client has gone; otherwise the pending receive is closed, its cleanup run, nothing consumed."""
+    import asyncio
+
+    from modelmora.serve.api.http import first_step
+
+    cleaned: list[str] = []
+
+    async def gone() -> dict[str, str]:
+        return {"type": "http.disconnect"}
+
+    async def present(event: asyncio.Event) -> dict[str, str]:
+        try:
+            await event.wait()
+            return {"type": "http.request"}
+        finally:
+            cleaned.append("closed")
+
+    async def scenario() -> None:
+        event = asyncio.Event()
+        assert first_step(gone()) == {"type": "http.disconnect"}
+        assert first_step(present(event)) is None
+        assert cleaned == ["closed"]
+        assert not event._waiters, "the closed receive left no waiter behind"  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
