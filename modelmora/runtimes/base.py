@@ -70,13 +70,17 @@ class TransformersRuntime:
         self.device = str(next(self.model.parameters()).device)
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> Any:
+        return self.encode(texts, max_length).to(self.device)
+
+    def encode(self, texts: list[str], max_length: int | None = None) -> Any:
+        """The padded batch as CPU tensors, truncated to the model's context."""
         return self.tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=max_length or self.context_length(),
             return_tensors="pt",
-        ).to(self.device)
+        )
 
     def context_length(self) -> int:
         """The longest input the model takes, from the tokenizer or else the model's config."""

@@ -67,13 +67,7 @@ class OnnxBackend(TransformersRuntime):
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> Any:
         # ONNX Runtime takes numpy arrays and copies them to its device itself.
-        return self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=max_length or self.context_length(),
-            return_tensors="pt",
-        )
+        return self.encode(texts, max_length)
 
     def run(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         import torch
