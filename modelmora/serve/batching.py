@@ -20,7 +20,6 @@ answered is back, the batch leaves at once: a lone client never waits for compan
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -101,7 +100,8 @@ def options_group(options: Mapping[str, Any]) -> str:
     """Requests share a batch only when their options are equal."""
     if not options:
         return ""
-    return json.dumps(options, sort_keys=True, default=repr)
+    # repr, not json.dumps: this runs for every request, and json took 5% of the server's CPU.
+    return repr(sorted(options.items()))
 
 
 def ready_at(queue: QueueLoad) -> float:
