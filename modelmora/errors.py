@@ -12,6 +12,7 @@
     ├── CacheError           the cache is in a state we cannot use
     └── ServeError           a request cannot be served (carries an HTTP status and a code)
         ├── UnknownModelError 404, JobNotFoundError 404, JobNotCancellableError 409
+        ├── ForbiddenError 403 (the API key lacks the scope)
         ├── InvalidInputError 422, PayloadTooLargeError 413, OverloadedError 429
         ├── UnavailableError 503, DeadlineExceededError 504
         └── ClientDisconnectedError 499 (nobody reads the answer)
@@ -126,6 +127,13 @@ class ClientDisconnectedError(ServeError):
     code = "client_closed_request"
 
 
+class ForbiddenError(ServeError):
+    """The request's API key is valid but lacks the scope the route needs."""
+
+    status = 403
+    code = "insufficient_scope"
+
+
 class JobNotFoundError(ServeError):
     status = 404
     code = "job_not_found"
@@ -148,6 +156,7 @@ SERVE_ERRORS: tuple[type[ServeError], ...] = (
     ClientDisconnectedError,
     JobNotFoundError,
     JobNotCancellableError,
+    ForbiddenError,
 )
 
 

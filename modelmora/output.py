@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from modelmora.audit import AuditEntry
     from modelmora.cache import GcReport
     from modelmora.diskuse import CacheUse, ModelUse, SnapshotUse
+    from modelmora.keys import ApiKey
     from modelmora.lockfile import Change, LockedFile
     from modelmora.project import InstallResult, LockResult, ModelInfo, VerifyResult
 
@@ -233,4 +235,67 @@ def cache_model_json(model: ModelUse, by_path: dict[Path, SnapshotUse]) -> Cache
         "snapshot": snapshot_label(model.snapshot),
         "size": found.size if found else 0,
         "installed": found is not None,
+    }
+
+
+class KeyJson(TypedDict):
+    """An item of `modelmora keys list --json`; also `keys revoke --json`."""
+
+    name: str
+    prefix: str
+    scope: Literal["infer", "admin"]
+    requests_per_second: float | None
+    burst: int | None
+    tokens_per_minute: int | None
+    token_burst: int | None
+    created_at: float
+    revoked_at: float | None
+
+
+class KeyCreatedJson(KeyJson):
+    """`modelmora keys create --json`: the key and its secret, shown this once."""
+
+    secret: str
+
+
+class AuditJson(TypedDict):
+    """An item of `modelmora audit --json`."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    before: object
+    after: object
+
+
+def key_json(key: ApiKey) -> KeyJson:
+    limits = key.limits
+    return {
+        "name": key.name,
+        "prefix": key.prefix,
+        "scope": key.scope,
+        "requests_per_second": limits.requests_per_second,
+        "burst": limits.burst,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "token_burst": limits.token_burst,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+    }
+
+
+def key_created_json(key: ApiKey, secret: str) -> KeyCreatedJson:
+    return {**key_json(key), "secret": secret}
+
+
+def audit_json(entry: AuditEntry) -> AuditJson:
+    return {
+        "id": entry.id,
+        "at": entry.at,
+        "actor": entry.actor,
+        "action": entry.action,
+        "target": entry.target,
+        "before": entry.before,
+        "after": entry.after,
     }

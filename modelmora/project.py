@@ -59,6 +59,11 @@ class Project:
         """The server's async jobs (SQLite): they outlive a restart of `modelmora serve`."""
         return self.root / ".modelmora" / "jobs.sqlite3"
 
+    @property
+    def registry_path(self) -> Path:
+        """The project's registry (SQLite): API keys and the audit log."""
+        return self.root / ".modelmora" / "registry.sqlite3"
+
     def manifest(self) -> Manifest:
         return manifest.load(self.manifest_path)
 

@@ -4,9 +4,10 @@ app.py      the Typer app, global options, output helpers, `main`
 manage.py   the project: init, add, remove, lock, install, list, show, path, pull, rm, sync
 serving.py  the server: serve, run, load, stop, logs, ps, jobs
 caching.py  the shared cache: dir, verify, gc, du, list
+keys.py     API keys and the audit log: keys create, keys list, keys revoke, audit
 """
 
-from modelmora.cli import caching, manage, serving  # noqa: F401  (importing registers the commands)
+from modelmora.cli import caching, keys, manage, serving  # noqa: F401  (importing registers the commands)
 from modelmora.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -1,8 +1,8 @@
 """The Typer app behind `modelmora`: global options, output helpers, and the entry point.
 
-The commands live beside it, one module per family (`manage`, `serving`, `caching`); importing the
-package registers them. Heavy modules (pydantic, huggingface_hub, the server) are imported inside
-the commands that need them, so `modelmora --help` starts fast.
+The commands live beside it, one module per family (`manage`, `serving`, `caching`, `keys`);
+importing the package registers them. Heavy modules (pydantic, huggingface_hub, the server) are
+imported inside the commands that need them, so `modelmora --help` starts fast.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ cache_app = typer.Typer(
     help="Inspect and maintain the shared model cache.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(cache_app, name="cache")
+keys_app = typer.Typer(
+    help="Create, list and revoke the API keys of `modelmora serve`.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(keys_app, name="keys")
 
 
 @dataclass

@@ -86,7 +86,7 @@ def serve(
     models = served_models(installed, settings.preload)
     server = settings.server
     say(f"Serving {plural(len(models), 'model')} on http://{server.host}:{server.port}")
-    run_server(models, settings, current.jobs_path, sock)
+    run_server(models, settings, current.jobs_path, sock, current.registry_path)
 
 
 def _scratch_project(source: str, task: str | None, offline: bool) -> Project:

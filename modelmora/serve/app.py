@@ -22,15 +22,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from modelmora import __version__
+from modelmora import __version__, registry
 from modelmora.errors import ModelmoraError, ServeError
 from modelmora.serve.api import inference, jobs, native, openai
-from modelmora.serve.api.http import (
-    AppState,
-    AuthMiddleware,
-    handle_http_exception,
-    handle_serve_error,
-)
+from modelmora.serve.api.auth import AuthMiddleware, KeyRing
+from modelmora.serve.api.http import AppState, handle_http_exception, handle_serve_error
 from modelmora.serve.api.openapi import (
     PUBLIC_PATHS,
     document_routes,
@@ -53,18 +49,25 @@ ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai.ENDPOINTS, METRICS_ENDP
 
 
 def create_app(
-    supervisor: Supervisor, settings: ServerSettings | None = None, jobs_path: Path | None = None
+    supervisor: Supervisor,
+    settings: ServerSettings | None = None,
+    jobs_path: Path | None = None,
+    registry_path: Path | None = None,
 ) -> Starlette:
     """The ASGI app; its lifespan starts the supervisor and stops it (drain, end workers).
 
     `jobs_path` is the SQLite file of `/jobs`; without one, the job routes answer 503.
+    `registry_path` is the project's registry, whose API keys the server accepts and whose audit
+    log it writes; without one, only `settings.api_key` (if any) guards the API.
     """
     settings = settings or ServerSettings()
     scheduler = Scheduler(
         functools.partial(inference.dispatch, supervisor),
         lambda name: supervisor.model(name).batching,
     )
-    state = AppState(supervisor=supervisor, settings=settings, scheduler=scheduler)
+    connection = registry.connect(registry_path) if registry_path is not None else None
+    keyring = KeyRing(connection, settings.api_key)
+    state = AppState(supervisor=supervisor, settings=settings, scheduler=scheduler, keys=keyring)
     if jobs_path is not None:
         store = JobStore(jobs_path, retention=settings.job_retention)
         state = dataclasses.replace(state, jobs=jobs.job_runner(state, store))
@@ -80,12 +83,12 @@ def create_app(
         models=models,
         bodies=served_bodies(models),
     )
-    if settings.api_key:  # so that /docs has "Authorize" and sends the key when trying it out
+    if keyring.is_guarding():  # so that /docs has "Authorize" and sends the key when trying it out
         document["components"]["securitySchemes"] = {"key": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"key": []}]
     app = Starlette(
         routes=routes(ENDPOINTS) + document_routes(document),
-        middleware=_middleware(settings, metrics),
+        middleware=_middleware(settings, metrics, keyring, guarded=connection is not None),
         exception_handlers={ServeError: handle_serve_error, HTTPException: handle_http_exception},
         lifespan=_lifespan,
     )
@@ -94,14 +97,19 @@ def create_app(
     return app
 
 
-def _middleware(settings: ServerSettings, metrics: Metrics) -> list[Middleware]:
-    """Request ids, logs and metrics outermost, so that they also see refused requests."""
+def _middleware(
+    settings: ServerSettings, metrics: Metrics, keyring: KeyRing, guarded: bool
+) -> list[Middleware]:
+    """Request ids, logs and metrics outermost, so that they also see refused requests.
+
+    With a registry the key check is always there: a key created later guards the server at once.
+    """
     middleware = [
         Middleware(RequestMiddleware, metrics=metrics, access_log_enabled=settings.access_log)
     ]
-    if settings.api_key:
+    if guarded or settings.api_key:
         public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
-        middleware.append(Middleware(AuthMiddleware, api_key=settings.api_key, public=public))
+        middleware.append(Middleware(AuthMiddleware, keyring=keyring, public=public))
     return middleware
 
 
@@ -125,6 +133,8 @@ async def _shut_down(state: AppState) -> None:
     if state.jobs is not None:
         await state.jobs.close()
     await state.supervisor.stop()
+    if state.keys is not None:
+        state.keys.close()
 
 
 def served_models(installed: Sequence[InstalledModel], preload: Sequence[str]) -> list[ServedModel]:
@@ -189,13 +199,15 @@ def run_server(
     config: ServeConfig,
     jobs_path: Path | None = None,
     sock: socket.socket | None = None,
+    registry_path: Path | None = None,
 ) -> None:
     """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers.
 
     `sock` is what `bind` returned; without one, the server binds its own.
     """
     sock = sock or bind(config.server)
-    app = create_app(Supervisor(models, config.supervisor), config.server, jobs_path)
+    supervisor = Supervisor(models, config.supervisor)
+    app = create_app(supervisor, config.server, jobs_path, registry_path)
     _Server(_uvicorn_config(app, config)).run(sockets=[sock])
 
 

@@ -1,19 +1,16 @@
-"""What every route shares: settings, per-app state, bounded JSON bodies, error shapes, API keys."""
+"""What every route shares: settings, per-app state, bounded JSON bodies, error shapes."""
 
 from __future__ import annotations
 
-import hmac
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelmora.errors import InvalidInputError, PayloadTooLargeError, ServeError
 from modelmora.serve.api.schemas import FieldError
@@ -22,6 +19,7 @@ from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from modelmora.serve.api.auth import KeyRing
     from modelmora.serve.jobrunner import JobRunner
 
 API_VERSION = "1"
@@ -39,6 +37,8 @@ class AppState:
     scheduler: Scheduler
     jobs: JobRunner | None = None
     """None when the server has no jobs file (no project folder)."""
+    keys: KeyRing | None = None
+    """The API keys and the audit log; None: every request may do anything."""
 
 
 def app_state(request: Request) -> AppState:
@@ -279,30 +279,3 @@ async def handle_http_exception(request: Request, error: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     message = f"{request.method} {request.url.path}: {exc.detail}; see /docs for the routes"
     return error_response(request.url.path, exc.status_code, code, message, headers=exc.headers)
-
-
-class AuthMiddleware:
-    """With an API key, every route needs `Authorization: Bearer KEY` but the `public` ones."""
-
-    def __init__(self, app: ASGIApp, api_key: str, public: frozenset[str]) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-        self.public = public
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public or self._is_authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        response = error_response(
-            scope["path"],
-            401,
-            "invalid_api_key",
-            "missing or wrong API key; send `Authorization: Bearer KEY`",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        await response(scope, receive, send)
-
-    def _is_authorized(self, scope: Scope) -> bool:
-        given = Headers(scope=scope).get("authorization", "").encode()
-        # Constant-time comparison so the key cannot be guessed byte by byte from timings.
-        return hmac.compare_digest(given, self.expected)

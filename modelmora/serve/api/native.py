@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from modelmora import __version__
 from modelmora.serve.api import inference
+from modelmora.serve.api.auth import record_admin, require_admin
 from modelmora.serve.api.http import PydanticResponse, app_state, read_json, read_query
 from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.api.schemas import (
@@ -87,15 +88,24 @@ async def get_model(request: Request) -> Response:
 
 
 async def load_model(request: Request) -> Response:
-    """Start the model's worker and wait until it is ready."""
+    """Start the model's worker and wait until it is ready (admin scope; audited)."""
+    actor = require_admin(request)
     name = _model_name(request)
-    return PydanticResponse(_info(request, await app_state(request).supervisor.load(name)))
+    supervisor = app_state(request).supervisor
+    before = supervisor.status(name).state
+    status = await supervisor.load(name)
+    record_admin(request, actor, "model.load", name, {"state": before}, {"state": status.state})
+    return PydanticResponse(_info(request, status))
 
 
 async def unload_model(request: Request) -> Response:
-    """End the model's worker, which gives its memory back."""
+    """End the model's worker, which gives its memory back (admin scope; audited)."""
+    actor = require_admin(request)
     name = _model_name(request)
-    status = await app_state(request).supervisor.unload(name)
+    supervisor = app_state(request).supervisor
+    before = supervisor.status(name).state
+    status = await supervisor.unload(name)
+    record_admin(request, actor, "model.unload", name, {"state": before}, {"state": status.state})
     return PydanticResponse(_info(request, status))
 
 
