@@ -8,17 +8,22 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
-from modelfactory import build_embedding_model
+from liveserver import serve
+from modelfactory import build_embedding_model, build_generation_model
 from test_serve_cli import free_port
 from waiting import eventually
 
 from modelmora import audit, cli, keys, registry
 from modelmora.errors import ModelmoraError
 from modelmora.serve.api.auth import REFRESH_SECONDS, KeyRing
+from modelmora.serve.app import create_app
+from modelmora.serve.config import SupervisorSettings
+from modelmora.serve.supervisor import ServedModel, Supervisor
 
 
 @pytest.fixture
@@ -379,3 +384,20 @@ def test_rate_limits_refuse_one_key_while_another_goes_on(embedding_project: Pat
     log = cli_json(embedding_project, "audit", "--limit", "1")
     assert isinstance(log, list) and log[0]["actor"] == "api-key"
     assert log[0]["action"] == "model.unload"
+
+
+@pytest.mark.slow
+def test_a_streamed_answer_counts_against_the_tokens_per_minute(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    with closing(registry.connect(path)) as connection:
+        _, secret = keys.create(connection, "chat", "infer", keys.Limits(tokens_per_minute=1), "t")
+    gen = ServedModel("gen", "text-generation", build_generation_model(tmp_path / "gen"))
+    app = create_app(Supervisor([gen], SupervisorSettings(request_timeout=60)), registry_path=path)
+    body = {"model": "gen", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body |= {"max_tokens": 3}
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        streamed = http.post("/v1/chat/completions", json=body, headers=bearer(secret))
+        over = http.post("/v1/chat/completions", json=body, headers=bearer(secret))
+
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limited"

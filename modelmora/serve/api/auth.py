@@ -206,10 +206,21 @@ def _rate_limited(path: str, caller: Caller, refusal: Decision) -> Any:
     )
 
 
+def record_usage(request: Request, chunk: Any) -> None:
+    """Keep a streamed answer's usage (its last chunk's) for the key's tokens per minute."""
+    if isinstance(chunk, dict) and "finish_reason" in chunk:
+        request.state.tokens_used = _usage(chunk)
+
+
 def _tokens_used(scope: Scope) -> int:
     """What the model reported it used: prompt and completion tokens; 0 when it did not say."""
-    timing = scope.get("state", {}).get("timing")
+    state = scope.get("state", {})
+    if "tokens_used" in state:  # a stream's, once its last chunk has gone
+        return int(state["tokens_used"])
+    timing = state.get("timing")
     result = timing.result if isinstance(timing, InferenceResult) else None
-    if not isinstance(result, dict):
-        return 0
+    return _usage(result) if isinstance(result, dict) else 0
+
+
+def _usage(result: dict[str, Any]) -> int:
     return int(result.get("prompt_tokens", 0)) + int(result.get("completion_tokens", 0))

@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 
 from modelmora.errors import InvalidInputError, ServeError
 from modelmora.serve.api import inference
+from modelmora.serve.api.auth import record_usage
 from modelmora.serve.api.http import (
     PydanticResponse,
     RequestValidationError,
@@ -194,8 +195,18 @@ async def _stream(
         await _close(exits)
         raise
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    events = _events(first, chunks, render, request.url.path, exits)
+    events = _events(first, chunks, _counting(request, render), request.url.path, exits)
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def _counting(request: Request, render: Render) -> Render:
+    """`render`, which also keeps the usage of the last chunk for the key's token limit."""
+
+    def counted(chunk: Chunk) -> Iterable[BaseModel]:
+        record_usage(request, chunk)
+        return render(chunk)
+
+    return counted
 
 
 async def _events(
