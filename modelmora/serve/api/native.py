@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -89,23 +90,23 @@ async def get_model(request: Request) -> Response:
 
 async def load_model(request: Request) -> Response:
     """Start the model's worker and wait until it is ready (admin scope; audited)."""
-    actor = require_admin(request)
-    name = _model_name(request)
-    supervisor = app_state(request).supervisor
-    before = supervisor.status(name).state
-    status = await supervisor.load(name)
-    record_admin(request, actor, "model.load", name, {"state": before}, {"state": status.state})
-    return PydanticResponse(_info(request, status))
+    return await _change_model(request, "model.load", app_state(request).supervisor.load)
 
 
 async def unload_model(request: Request) -> Response:
     """End the model's worker, which gives its memory back (admin scope; audited)."""
+    return await _change_model(request, "model.unload", app_state(request).supervisor.unload)
+
+
+async def _change_model(
+    request: Request, action: str, change: Callable[[str], Awaitable[ModelStatus]]
+) -> Response:
+    """An admin action on one model: the admin scope checked, the states around it audited."""
     actor = require_admin(request)
     name = _model_name(request)
-    supervisor = app_state(request).supervisor
-    before = supervisor.status(name).state
-    status = await supervisor.unload(name)
-    record_admin(request, actor, "model.unload", name, {"state": before}, {"state": status.state})
+    before = app_state(request).supervisor.status(name).state
+    status = await change(name)
+    record_admin(request, actor, action, name, {"state": before}, {"state": status.state})
     return PydanticResponse(_info(request, status))
 
 
