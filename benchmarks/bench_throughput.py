@@ -42,13 +42,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
-from _harness import ROOT, Server, free_port, wait_until_quiet
+from _harness import ROOT, Server, Usage, endless, free_port, wait_until_quiet
 from bench_server import cpu_name, model_folder, pss, sentences
 
 MB = 1e6
@@ -213,25 +213,16 @@ def roles(peer: Peer) -> dict[str, psutil.Process]:
     return named
 
 
-def cpu_times(processes: dict[str, psutil.Process]) -> dict[str, float]:
-    times = {}
-    for role, process in processes.items():
-        with contextlib.suppress(psutil.Error):
-            used = process.cpu_times()
-            times[role] = used.user + used.system
-    return times
-
-
 def measure_load(peer: Peer, bodies: Path, clients: int, warm_up: float, seconds: float) -> Load:
     run_wrk(peer, bodies, clients, warm_up)
     processes = roles(peer)
     before_metrics = peer.metrics() if peer.metrics else {}
-    before, started = cpu_times(processes), time.monotonic()
+    before, started = Usage.now(processes), time.monotonic()
     result = run_wrk(peer, bodies, clients, seconds)
     elapsed = time.monotonic() - started
-    after = cpu_times(processes)
+    used = Usage.now(processes).since(before)  # the roles, then "other" (wrk, ...) and "steal"
     memory = peer.pss_mb()
-    cores = {role: (after[role] - before[role]) / elapsed for role in after if role in before}
+    cores = {role: seconds / elapsed for role, seconds in used.items()}
     batch_mean, batch_ms = None, None
     if peer.metrics:
         now = peer.metrics()
@@ -307,11 +298,6 @@ def measure_in_process(
         if size == 1:
             single = latencies
     return InProcess(rates, sorted(single)[len(single) // 2] * 1000)
-
-
-def endless(items: Sequence[list[str]]) -> Iterator[list[str]]:
-    while True:
-        yield from items
 
 
 def lowest_cosine(peer: Peer, texts: list[str], reference: list[list[float]]) -> float:
