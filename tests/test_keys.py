@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import httpx
 import pytest
 from liveserver import serve
 from modelfactory import build_embedding_model, build_generation_model
-from test_serve_cli import free_port
+from servers import start_serve, stop
 from waiting import eventually
 
 from modelmora import audit, cli, keys, registry
@@ -242,37 +241,6 @@ def embedding_project(tmp_path: Path) -> Path:
     return root
 
 
-def start_server(
-    root: Path, env: dict[str, str] | None = None, key: str | None = None
-) -> tuple[str, subprocess.Popen[str]]:
-    """`modelmora serve` in `root`, once `/ready` answers 200 (asked with `key`, if any)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelmora", "serve", "--preload", "bert"],
-        cwd=root, env={**os.environ, "MODELMORA_PORT": str(port), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def is_ready() -> bool:
-        assert process.poll() is None, process.communicate()
-        headers = bearer(key) if key else {}
-        return httpx.get(f"{url}/ready", headers=headers, timeout=5).status_code == 200
-
-    try:
-        eventually(is_ready, 120, ignoring=(httpx.HTTPError,), what="the server to be ready")
-    except BaseException:
-        stop(process)
-        raise
-    return url, process
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.communicate(timeout=30)
-
-
 def cli_json(root: Path, *args: str) -> object:
     done = subprocess.run(
         [sys.executable, "-m", "modelmora", *args, "--json"],
@@ -291,7 +259,7 @@ INFER = {"inputs": ["hello world"]}
 
 @pytest.mark.slow
 def test_keys_scopes_and_audit_on_a_running_server(embedding_project: Path) -> None:
-    url, process = start_server(embedding_project)
+    url, process = start_serve(embedding_project, "--preload", "bert")
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
             assert http.post("/infer/bert", json=INFER).status_code == 200  # no keys: open
@@ -349,7 +317,9 @@ def test_rate_limits_refuse_one_key_while_another_goes_on(embedding_project: Pat
     greedy = cli_json(embedding_project, "keys", "create", "greedy", "--tpm", "1")
     free = cli_json(embedding_project, "keys", "create", "free")
     assert isinstance(limited, dict) and isinstance(greedy, dict) and isinstance(free, dict)
-    url, process = start_server(embedding_project, {"MODELMORA_API_KEY": "s3cret"}, "s3cret")
+    url, process = start_serve(
+        embedding_project, "--preload", "bert", env={"MODELMORA_API_KEY": "s3cret"}, key="s3cret"
+    )
     embed = {"model": "bert", "input": "a b c"}
     try:
         with httpx.Client(base_url=url, timeout=60) as http:

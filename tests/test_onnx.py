@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from modelfactory import build_classification_model, build_embedding_model, update_json
-from test_serve_cli import free_port, wait_ready
+from servers import start_serve, stop
 
 from modelmora import manifest
 from modelmora.errors import ManifestError, ModelmoraError
@@ -261,19 +259,11 @@ def two_backends(embedding_folder: Path, tmp_path: Path) -> Iterator[str]:
         f'[models.torch]\nsource = "{embedding_folder}"\ntask = "embedding"\n\n'
         f'[models.onnx]\nsource = "{embedding_folder}"\ntask = "embedding"\nbackend = "onnx"\n'
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelmora", "serve", "--preload", "onnx"],
-        cwd=root, env={**os.environ, "MODELMORA_PORT": str(port)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url, process = start_serve(root, "--preload", "onnx")
     try:
-        wait_ready(url, process)
         yield url
     finally:
-        process.kill()
-        process.communicate(timeout=30)
+        stop(process)
 
 
 @pytest.mark.slow

@@ -18,17 +18,11 @@ import httpx
 import psutil
 import pytest
 from modelfactory import build_embedding_model
-from waiting import eventually
+from servers import free_port, start_serve, stop
 
 from modelmora.errors import ModelmoraError
 from modelmora.serve import config as settings
 from modelmora.units import parse_duration, parse_size
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli(
@@ -54,28 +48,11 @@ def embedding_project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(embedding_project: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelmora", "serve", "--preload", "bert"],
-        cwd=embedding_project, env={**os.environ, "MODELMORA_PORT": str(port)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url, process = start_serve(embedding_project, "--preload", "bert")
     try:
-        wait_ready(url, process)
         yield url, process
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=30)
-
-
-def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
-    def is_ready() -> bool:
-        assert process.poll() is None, process.communicate()
-        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
-
-    eventually(is_ready, timeout, ignoring=(httpx.HTTPError,), what="the server to be ready")
+        stop(process)
 
 
 @pytest.mark.slow
@@ -335,15 +312,9 @@ def test_logs_shows_the_end_of_the_log_file(embedding_project: Path) -> None:
 @pytest.mark.slow
 def test_serve_a_folder_without_a_project(tmp_path: Path) -> None:
     build_embedding_model(tmp_path / "tiny-bert")
-    port = free_port()
-    env = {**os.environ, "MODELMORA_HOME": str(tmp_path / "home"), "MODELMORA_PORT": str(port)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modelmora", "serve", "./tiny-bert", "--task", "embedding"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    home = {"MODELMORA_HOME": str(tmp_path / "home")}
+    url, process = start_serve(tmp_path, "./tiny-bert", "--task", "embedding", env=home)
     try:
-        wait_ready(url, process)
         answer = httpx.post(f"{url}/infer/tiny-bert", json={"inputs": "hello"}, timeout=60)
         assert answer.status_code == 200, answer.text
         assert answer.json()["result"]["dimensions"] == 32
