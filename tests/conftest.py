@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from clirun import Result, in_process_cli
 from fakehub import FakeHub
 from huggingface_hub import close_session, constants
 from huggingface_hub.utils import _cache_manager
@@ -91,3 +92,11 @@ def fake_hub(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
     yield hub
     close_session()  # drop pooled keep-alive connections to this server
     hub.stop()
+
+
+@pytest.fixture
+def cli_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Result]:
+    """`modelmora ARGS...` in this process, at 80 columns: `cli_run(*args, cwd=..., code=0)`."""
+    return in_process_cli(monkeypatch, capsys)

@@ -6,18 +6,19 @@ import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
+from clirun import Result
 from liveserver import serve
 from modelfactory import build_embedding_model, build_generation_model
 from servers import start_serve, stop
 from waiting import eventually
 
-from modelmora import audit, cli, keys, registry
+from modelmora import audit, keys, registry
 from modelmora.errors import ModelmoraError
 from modelmora.serve.api.auth import REFRESH_SECONDS, KeyRing
 from modelmora.serve.app import create_app
@@ -178,28 +179,12 @@ def test_the_single_api_key_is_an_admin_without_limits() -> None:
 # --- the commands ---------------------------------------------------------------------------------
 
 
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cwd: Path, *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["modelmora", *args])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_keys_create_list_revoke_and_audit_from_the_command_line(
-    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    project: Path, cli_run: Callable[..., Result]
 ) -> None:
     def run(*args: str, code: int = 0) -> str:
-        exit_code, out, err = run_cli(monkeypatch, capsys, project, *args)
-        assert exit_code == code, out + err
-        return out + err
+        result = cli_run(*args, cwd=project, code=code)
+        return result.stdout + result.stderr
 
     created = json.loads(run("keys", "create", "app", "--rps", "2", "--burst", "4", "--json"))
     shown = run("keys", "create", "ops", "--scope", "admin")
