@@ -12,6 +12,7 @@
     ├── CacheError           the cache is in a state we cannot use
     └── ServeError           a request cannot be served (carries an HTTP status and a code)
         ├── UnknownModelError 404, JobNotFoundError 404, JobNotCancellableError 409
+        ├── ConflictError 409 (a version change the model's state refuses)
         ├── ForbiddenError 403 (the API key lacks the scope)
         ├── InvalidInputError 422, PayloadTooLargeError 413, OverloadedError 429
         ├── UnavailableError 503, DeadlineExceededError 504
@@ -93,6 +94,14 @@ class UnknownModelError(ServeError):
     code = "model_not_found"
 
 
+class ConflictError(ServeError):
+    """A change that the model's current state refuses: removing its only routed version,
+    deprecating a version that gets traffic, registering a name that exists."""
+
+    status = 409
+    code = "conflict"
+
+
 class InvalidInputError(ServeError):
     status = 422
     code = "invalid_input"
@@ -156,6 +165,7 @@ SERVE_ERRORS: tuple[type[ServeError], ...] = (
     ClientDisconnectedError,
     JobNotFoundError,
     JobNotCancellableError,
+    ConflictError,
     ForbiddenError,
 )
 

@@ -11,13 +11,15 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelmora.errors import ManifestError
+from modelmora import routing
+from modelmora.errors import InvalidInputError, ManifestError
+from modelmora.routing import Route
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,6 +77,14 @@ class ModelSpec(BaseModel):
     max_batch_tokens: int | None = Field(default=None, ge=1)
     max_queue: int | None = Field(default=None, ge=1)
     max_in_flight: int | None = Field(default=None, ge=1)
+    # Set by a `[models.NAME.versions.V]` table, never written by hand in a plain table.
+    version: str | None = None
+    deprecated: bool = False
+
+    @property
+    def model(self) -> str:
+        """The name clients use: `minilm` for `minilm@v2`."""
+        return self.name.partition("@")[0]
 
     @field_validator("source")
     @classmethod
@@ -158,10 +168,16 @@ class Manifest:
     name: str
     models: Mapping[str, ModelSpec]
     serve: Mapping[str, Any]
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    """The route of each model with versions, by its name (`minilm`)."""
 
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    def versions(self, model: str) -> list[ModelSpec]:
+        """A model's versions in the manifest's order (one entry, version None, if it has none)."""
+        return [spec for spec in self.models.values() if spec.model == model]
 
 
 def _schemes() -> str:
@@ -242,12 +258,93 @@ def validate(data: dict[str, Any], path: Path) -> Manifest:
         table = ManifestModel.model_validate(data)
     except ValidationError as error:
         raise ManifestError(_describe(error, path.name)) from None
-    models = {name: _validate_model(name, spec, path.name) for name, spec in table.models.items()}
-    return Manifest(path=path, name=table.project.name, models=models, serve=table.serve)
+    models: dict[str, ModelSpec] = {}
+    routes: dict[str, Route] = {}
+    for name, entry in table.models.items():
+        if VERSIONS_KEY in entry:
+            versions = _validate_versions(name, entry, path.name)
+            models.update({spec.name: spec for spec in versions})
+            routes[name] = _validate_route(name, entry, versions, path.name)
+        else:
+            _refuse_version_keys(name, entry, path.name)
+            models[name] = _validate_model(name, entry, path.name)
+    return Manifest(path, table.project.name, models, table.serve, routes)
 
 
-def _validate_model(name: str, table: dict[str, Any], filename: str) -> ModelSpec:
+VERSIONS_KEY = "versions"
+ROUTE_KEYS = ("route", "shadow", "shadow_fraction")
+"""Keys of a model with versions that are about its traffic, not about any one version."""
+
+
+def _refuse_version_keys(name: str, entry: dict[str, Any], filename: str) -> None:
+    for key in ("version", "deprecated", *ROUTE_KEYS):
+        if key in entry:
+            raise ManifestError(
+                f"{filename}: models.{name}.{key}: only a model with versions has it",
+                f"declare them as [models.{name}.versions.V1] tables (docs/versions.md)",
+            )
+
+
+def _validate_versions(name: str, entry: dict[str, Any], filename: str) -> list[ModelSpec]:
+    """One spec per `[models.NAME.versions.V]`, each the model's own keys overridden by its own."""
+    where = f"{filename}: models.{name}.{VERSIONS_KEY}"
+    versions = entry[VERSIONS_KEY]
+    if not isinstance(versions, dict) or not versions:
+        raise ManifestError(f"{where}: give at least one version", f"[models.{name}.versions.v1]")
+    shared = {k: v for k, v in entry.items() if k not in (VERSIONS_KEY, *ROUTE_KEYS)}
+    specs = []
+    for version, own in versions.items():
+        _check_version_name(version, f"{where}.{version}")
+        if not isinstance(own, dict):
+            raise ManifestError(f"{where}.{version}: not a table", "write source = ... in it")
+        if "version" in own:
+            raise ManifestError(f"{where}.{version}.version: the table's name is the version")
+        merged = {**shared, **own, "version": version}
+        specs.append(_validate_model(name, merged, filename, f"{name}@{version}"))
+    return specs
+
+
+def _check_version_name(version: str, where: str) -> None:
+    try:
+        routing.check_version(version)
+    except InvalidInputError as error:
+        raise ManifestError(f"{where}: {error.message}", error.hint) from None
+
+
+def _validate_route(
+    name: str, entry: dict[str, Any], versions: Sequence[ModelSpec], filename: str
+) -> Route:
+    """The model's route: the manifest's, else all traffic to the version listed last."""
     where = f"{filename}: models.{name}"
+    weights = entry.get("route", {versions[-1].version: 100})
+    if not isinstance(weights, dict):
+        raise ManifestError(f"{where}.route: not a table", "write route = { v2 = 90, v1 = 10 }")
+    try:
+        route = Route(weights, entry.get("shadow"), entry.get("shadow_fraction", 0.0))
+    except (InvalidInputError, TypeError) as error:
+        message = error.message if isinstance(error, InvalidInputError) else str(error)
+        raise ManifestError(f"{where}.route: {message}") from None
+    known = {str(spec.version): spec for spec in versions}
+    for version in [*route.weights, *([route.shadow] if route.shadow else [])]:
+        if version not in known:
+            raise ManifestError(
+                f"{where}.route: no version '{version}'; the versions are {', '.join(known)}"
+            )
+    for version in route.versions:
+        if known[version].deprecated:
+            raise ManifestError(
+                f"{where}.route: version '{version}' is deprecated but gets traffic",
+                "route its share to another version, or remove deprecated",
+            )
+    return route
+
+
+def _validate_model(
+    name: str, table: dict[str, Any], filename: str, reference: str | None = None
+) -> ModelSpec:
+    """`reference` is the spec's name when it is not the table's: `minilm@v2`."""
+    reference = reference or name
+    where = f"{filename}: models.{reference.replace('@', '.versions.')}"
     if not _NAME.match(name):
         raise ManifestError(f"{where}: invalid model name; use letters, digits, '.', '_' and '-'")
     if isinstance(table.get("source"), str):
@@ -258,9 +355,9 @@ def _validate_model(name: str, table: dict[str, Any], filename: str) -> ModelSpe
             )
         table = {**table, "source": source, "revision": table.get("revision") or revision}
     try:
-        spec = ModelSpec.model_validate({**table, "name": name})
+        spec = ModelSpec.model_validate({**table, "name": reference})
     except ValidationError as error:
-        raise ManifestError(_describe(error, f"{filename}: models.{name}", sep=".")) from None
+        raise ManifestError(_describe(error, where, sep=".")) from None
     builtin = spec.task in BUILTIN_TASKS  # checked first: scanning entry points costs 0.1 s
     if spec.runtime is None and not builtin and spec.task not in known_tasks():
         raise ManifestError(f"{where}.task: {_unknown_task_message(spec.task)}")
@@ -364,45 +461,3 @@ def _expand(match: re.Match[str], filename: str, key: str) -> str:
         f"{filename}: {key}: environment variable '{name}' is not set",
         f"set it, or write ${{{name}:-default}} to give a default",
     )
-
-
-# --- editing, with comments preserved -----------------------------------------------------------
-
-
-def render_new(project_name: str, template: str) -> str:
-    return template.replace("{{name}}", project_name)
-
-
-def add_model(text: str, name: str, table: Mapping[str, Any], drop: Sequence[str] = ()) -> str:
-    """The manifest text with `[models.NAME]` added, or updated in place, and the rest untouched.
-
-    An existing entry gets `table`'s values (None leaves a key as it is) and loses the keys in
-    `drop`; its other keys (serving settings, comments) stay.
-    """
-    import tomlkit
-
-    document = tomlkit.parse(text)
-    models = document.get("models")
-    if models is None:
-        models = tomlkit.table(is_super_table=True)
-        document["models"] = models
-    if name not in models:
-        models[name] = tomlkit.table()
-    entry = models[name]
-    for key in drop:
-        entry.pop(key, None)
-    for key, value in table.items():
-        if value is not None:
-            entry[key] = list(value) if isinstance(value, tuple) else value
-    return tomlkit.dumps(document)
-
-
-def remove_model(text: str, name: str) -> str:
-    import tomlkit
-
-    document = tomlkit.parse(text)
-    models = document.get("models")
-    if models is None or name not in models:
-        raise ManifestError(f"no model named '{name}' in {MANIFEST_NAME}", "see `modelmora list`")
-    del models[name]
-    return tomlkit.dumps(document).rstrip() + "\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import unquote, urlparse
 
-from modelmora import lockfile, manifest, sources
+from modelmora import lockfile, manifest, manifestedit, sources
 from modelmora.cache import Cache, GcReport, link_project_model
 from modelmora.errors import LockError, ManifestError, ModelmoraError, NotFoundError, OfflineError
 from modelmora.files import write_atomic, write_if_changed
@@ -95,7 +95,7 @@ def init(root: Path, name: str | None = None) -> Project:
     project_name = name or _slug(project.root.name) or "models"
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(
-        project.manifest_path, manifest.render_new(project_name, _template("modelmora.toml"))
+        project.manifest_path, manifestedit.render_new(project_name, _template("modelmora.toml"))
     )
     gitignore = project.root / ".gitignore"
     if not gitignore.exists():
@@ -209,19 +209,42 @@ def add(
     cache = Cache()
     source = _source_for_manifest(project, source, cwd or Path.cwd(), offline)
     name = options.name or default_name(_name_source(project, source))
-    existing = project.manifest().models.get(name)
-    _check_conflict(name, source, existing, options.replace)
+    current = project.manifest()
+    existing = current.models.get(name)
+    _check_conflict(current, name, source, existing, options.replace)
     task = options.task or _guess_task(project, source, options.revision, existing, offline)
-    text = _edited_manifest(project, name, source, task, options, existing)
+    text = _added(project, name, source, task, options, existing)
     staged, old = manifest.loads(text, project.manifest_path), project.lock_or_empty()
     notes: list[str] = []
     flagged = name if options.task else None
     with cache.lease():  # until the lock is written, gc knows this model only from the lease
         lock = _relock(project, staged, old, cache, set(), offline, notes, flagged)
         result = _install(project, lock, cache, offline, progress or SilentProgress())
-        write_atomic(project.manifest_path, text)
-        write_if_changed(project.lock_path, lockfile.dumps(lock))
+        with EDITS:  # the files again, as they are now: a server may have changed them meanwhile
+            text = _added(project, name, source, task, options, existing)
+            staged = manifest.loads(text, project.manifest_path)
+            models = {**project.lock_or_empty().models, **lock.models}
+            lock = lock.with_models(m for key, m in models.items() if key in staged.models)
+            write_atomic(project.manifest_path, text)
+            write_if_changed(project.lock_path, lockfile.dumps(lock))
     return AddResult(name, lock.models[name], result, tuple(notes))
+
+
+def _added(
+    project: Project,
+    name: str,
+    source: str,
+    task: str,
+    options: AddOptions,
+    existing: ModelSpec | None,
+) -> str:
+    """The manifest text with the model added; a new version of a model gets no traffic yet."""
+    text = _edited_manifest(project, name, source, task, options, existing)
+    model = name.partition("@")[0]
+    routes = project.manifest().routes
+    if existing is None and model in routes:
+        text = manifestedit.set_route(text, model, routes[model])
+    return text
 
 
 def _source_for_manifest(project: Project, source: str, cwd: Path, offline: bool) -> str:
@@ -248,7 +271,21 @@ def _name_source(project: Project, source: str) -> str:
     return source
 
 
-def _check_conflict(name: str, source: str, existing: ModelSpec | None, replace: bool) -> None:
+def _check_conflict(
+    current: Manifest, name: str, source: str, existing: ModelSpec | None, replace: bool
+) -> None:
+    model, _, version = name.partition("@")
+    unversioned = current.models.get(model)
+    if version and unversioned is not None:
+        raise ManifestError(
+            f"model '{model}' has no versions, so '{name}' cannot be added beside it",
+            f"move its source into [models.{model}.versions.V1] first (docs/versions.md)",
+        )
+    if not version and current.versions(model) and existing is None:
+        raise ManifestError(
+            f"model '{model}' has versions; name one: --name {model}@VERSION",
+            f"see `modelmora versions {model}`",
+        )
     if existing is None or replace or existing.source == manifest.split_revision(source)[0]:
         return
     raise ManifestError(
@@ -278,7 +315,7 @@ def _edited_manifest(
     }
     moved = existing is not None and existing.source != manifest.split_revision(source)[0]
     drop = ("revision",) if moved and options.revision is None else ()
-    return manifest.add_model(project.manifest_path.read_text(), name, table, drop)
+    return manifestedit.add_model(project.manifest_path.read_text(), name, table, drop)
 
 
 def _guess_task(
@@ -301,12 +338,26 @@ def _guess_task(
 
 
 def remove(project: Project, name: str) -> None:
-    text = manifest.remove_model(project.manifest_path.read_text(), name)
+    """Remove a model (all its versions), or one version with `name@version`."""
+    with EDITS:
+        _remove(project, name)
+
+
+def _remove(project: Project, name: str) -> None:
+    text = manifestedit.remove_model(project.manifest_path.read_text(), name)
+    staged = manifest.loads(text, project.manifest_path)  # e.g. a route left with no version
     lock = project.lock_or_empty()
-    remaining = [model for key, model in lock.models.items() if key != name]
+    remaining = [model for key, model in lock.models.items() if key in staged.models]
     write_atomic(project.manifest_path, text)
     write_if_changed(project.lock_path, lockfile.dumps(lock.with_models(remaining)))
-    (project.models_dir / name).unlink(missing_ok=True)
+    for key in set(lock.models) - set(staged.models):
+        (project.models_dir / key).unlink(missing_ok=True)
+
+
+EDITS = threading.Lock()
+"""Held while the manifest and lock are read, edited and written back, so that a server's
+registration finishing in a thread and an admin change on its event loop do not lose each other's
+edit."""
 
 
 # --- lock ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The project's registry: one SQLite file in `.modelmora/`, its schema kept by migrations.
 
 Each migration is a script that runs once, in order; `PRAGMA user_version` counts those applied.
-The tables' own SQL lives beside the code that uses them (`accesstables.py`: keys and audit);
+The tables' own SQL lives beside the code that uses them (`accesstables.py`: keys and audit;
+`versiontables.py`: versions and routes);
 a later feature appends its script to `MIGRATIONS` and never edits one already shipped.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from modelmora import accesstables
+from modelmora import accesstables, versiontables
 
-MIGRATIONS: tuple[str, ...] = (accesstables.SCHEMA,)
+MIGRATIONS: tuple[str, ...] = (accesstables.SCHEMA, versiontables.SCHEMA)
 BUSY_TIMEOUT_MS = 5000  # the server and a CLI command may write at once
 
 

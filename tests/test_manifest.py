@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelmora import manifest
+from modelmora import manifest, manifestedit
 from modelmora.errors import ManifestError
 
 
@@ -139,15 +139,15 @@ def test_add_and_remove_keep_comments_and_order() -> None:
         '# top comment\n[project]\nname = "d"  # the name\n\n'
         '[models.a]\nsource = "x"\ntask = "embedding"\n'
     )
-    added = manifest.add_model(
+    added = manifestedit.add_model(
         text, "b", {"source": "hf://o/r", "task": "embedding", "revision": None}
     )
     assert added.startswith(text)
     assert '[models.b]\nsource = "hf://o/r"\ntask = "embedding"\n' in added
     assert "revision" not in added
-    assert manifest.remove_model(added, "b") == text
+    assert manifestedit.remove_model(added, "b") == text
 
 
 def test_remove_unknown_model() -> None:
     with pytest.raises(ManifestError, match="no model named 'zz'"):
-        manifest.remove_model('[project]\nname="d"\n', "zz")
+        manifestedit.remove_model('[project]\nname="d"\n', "zz")

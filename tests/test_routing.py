@@ -1,4 +1,4 @@
-"""Weighted routes, sticky keys and shadows (modelmora.serve.routing): pure, no server."""
+"""Weighted routes, sticky keys and shadows (modelmora.routing): pure, no server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from modelmora.errors import InvalidInputError
-from modelmora.serve.routing import Route, choose, shadows, split_reference
+from modelmora.routing import Route, choose, shadows, split_reference
 
 
 def test_weights_90_10_over_2000_requests_land_within_a_few_points() -> None:

@@ -330,7 +330,7 @@ def test_a_crashed_worker_is_503_with_retry_after_then_recovers(http: httpx.Clie
 
 
 def test_metrics_parse_and_split_queue_from_inference(http: httpx.Client) -> None:
-    emb_ok = {"endpoint": "/infer/{name}", "model": "emb", "status": "200"}
+    emb_ok = {"endpoint": "/infer/{name}", "model": "emb", "version": "", "status": "200"}
     counted = {
         "modelmora_requests_total": emb_ok,
         "modelmora_queue_seconds_count": {"model": "emb"},

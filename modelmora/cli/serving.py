@@ -54,7 +54,7 @@ def serve(
     """Serve the project's models, or one SOURCE, over HTTP (native and OpenAI-compatible APIs)."""
     import os
 
-    from modelmora import project
+    from modelmora import project, runfile
     from modelmora.serve import config
     from modelmora.serve.app import bind, run_server, served_models
 
@@ -85,8 +85,11 @@ def serve(
     installed = project.installed_models(current, frozen=True)  # the lock is fresh by now
     models = served_models(installed, settings.preload)
     server = settings.server
-    say(f"Serving {plural(len(models), 'model')} on http://{server.host}:{server.port}")
-    run_server(models, settings, current.jobs_path, sock, current.registry_path)
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    url = f"http://{host}:{server.port}"
+    say(f"Serving {plural(len(models), 'model')} on {url}")
+    with runfile.announced(current.root, url):
+        run_server(models, settings, current.jobs_path, sock, current.registry_path, current.root)
 
 
 def _scratch_project(source: str, task: str | None, offline: bool) -> Project:

@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +22,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from modelmora import __version__, registry
+from modelmora import __version__, registry, versions
 from modelmora.errors import ModelmoraError, ServeError
+from modelmora.project import Project
+from modelmora.routing import Route
 from modelmora.serve.api import inference, jobs, native, openai
 from modelmora.serve.api.auth import AuthMiddleware, KeyRing
 from modelmora.serve.api.http import AppState, handle_http_exception, handle_serve_error
@@ -31,19 +33,20 @@ from modelmora.serve.api.openapi import (
     PUBLIC_PATHS,
     document_routes,
     openapi_document,
-    routes,
 )
+from modelmora.serve.api.openapi import routes as endpoint_routes
 from modelmora.serve.api.schemas import NativeError, served_bodies
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
 from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
 from modelmora.serve.jobstore import JobStore
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import ServedModel, Supervisor
+from modelmora.serve.traffic import Shadows, Traffic
 
 if TYPE_CHECKING:
     from modelmora.project import InstalledModel
 
-__all__ = ["bind", "create_app", "run_server", "served_models"]
+__all__ = ["bind", "create_app", "run_server", "served", "served_models"]
 
 ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai.ENDPOINTS, METRICS_ENDPOINT]
 
@@ -53,12 +56,16 @@ def create_app(
     settings: ServerSettings | None = None,
     jobs_path: Path | None = None,
     registry_path: Path | None = None,
+    project_root: Path | None = None,
+    routes: Mapping[str, Route] | None = None,
 ) -> Starlette:
     """The ASGI app; its lifespan starts the supervisor and stops it (drain, end workers).
 
     `jobs_path` is the SQLite file of `/jobs`; without one, the job routes answer 503.
     `registry_path` is the project's registry, whose API keys the server accepts and whose audit
     log it writes; without one, only `settings.api_key` (if any) guards the API.
+    `project_root` is the project served: its routes (unless `routes` are given) and the files the
+    admin routes edit; without one, models cannot be registered or routed at run time.
     """
     settings = settings or ServerSettings()
     scheduler = Scheduler(
@@ -67,13 +74,27 @@ def create_app(
     )
     connection = registry.connect(registry_path) if registry_path is not None else None
     keyring = KeyRing(connection, settings.api_key)
-    state = AppState(supervisor=supervisor, settings=settings, scheduler=scheduler, keys=keyring)
+    served = Project(project_root) if project_root is not None else None
+    if routes is None:
+        routes = served.manifest().routes if served is not None else {}
+    shadows = Shadows()
+    state = AppState(
+        supervisor=supervisor,
+        settings=settings,
+        scheduler=scheduler,
+        keys=keyring,
+        traffic=Traffic(routes, supervisor),
+        shadows=shadows,
+        project=served,
+        registry=connection,
+    )
     if jobs_path is not None:
         store = JobStore(jobs_path, retention=settings.job_retention)
         state = dataclasses.replace(state, jobs=jobs.job_runner(state, store))
-    groups = [*supervisor.task_groups, scheduler.tasks]
+    groups = [*supervisor.task_groups, scheduler.tasks, shadows.tasks]
     groups += [state.jobs.tasks] if state.jobs is not None else []
     metrics = Metrics(supervisor, scheduler, groups)
+    shadows.record = metrics.observe_shadow
     models = {name: supervisor.model(name).task for name in supervisor.names()}
     document = openapi_document(
         ENDPOINTS,
@@ -87,7 +108,7 @@ def create_app(
         document["components"]["securitySchemes"] = {"key": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"key": []}]
     app = Starlette(
-        routes=routes(ENDPOINTS) + document_routes(document),
+        routes=endpoint_routes(ENDPOINTS) + document_routes(document),
         middleware=_middleware(settings, metrics, keyring, guarded=connection is not None),
         exception_handlers={ServeError: handle_serve_error, HTTPException: handle_http_exception},
         lifespan=_lifespan,
@@ -116,6 +137,8 @@ def _middleware(
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     state: AppState = app.state.modelmora
+    if state.project is not None and state.registry is not None:
+        versions.sync(state.registry, state.project.manifest(), state.project.lock_or_empty())
     await state.supervisor.start()
     if state.jobs is not None:
         await state.jobs.start()
@@ -130,6 +153,8 @@ async def _shut_down(state: AppState) -> None:
     if state.jobs is not None:
         state.jobs.stop_taking()
     await state.scheduler.close(state.supervisor.settings.drain_timeout)
+    if state.shadows is not None:
+        await state.shadows.close()
     if state.jobs is not None:
         await state.jobs.close()
     await state.supervisor.stop()
@@ -139,14 +164,18 @@ async def _shut_down(state: AppState) -> None:
 
 def served_models(installed: Sequence[InstalledModel], preload: Sequence[str]) -> list[ServedModel]:
     """What the supervisor serves: the project's installed models and their manifest entries."""
-    names = {model.spec.name for model in installed}
+    names = {model.spec.name for model in installed} | {model.spec.model for model in installed}
     unknown = sorted(set(preload) - names)
     if unknown:
         raise ModelmoraError(f"--preload {unknown[0]}: no such model", "see `modelmora list`")
-    return [_served(model, model.spec.name in preload) for model in installed]
+    wanted = set(preload)
+    return [
+        served(model, bool({model.spec.name, model.spec.model} & wanted)) for model in installed
+    ]
 
 
-def _served(model: InstalledModel, preload: bool) -> ServedModel:
+def served(model: InstalledModel, preload: bool = False) -> ServedModel:
+    """One installed model (a version of one) as the supervisor serves it."""
     spec = model.spec
     return ServedModel(
         name=spec.name,
@@ -200,6 +229,7 @@ def run_server(
     jobs_path: Path | None = None,
     sock: socket.socket | None = None,
     registry_path: Path | None = None,
+    project_root: Path | None = None,
 ) -> None:
     """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers.
 
@@ -207,7 +237,7 @@ def run_server(
     """
     sock = sock or bind(config.server)
     supervisor = Supervisor(models, config.supervisor)
-    app = create_app(supervisor, config.server, jobs_path, registry_path)
+    app = create_app(supervisor, config.server, jobs_path, registry_path, project_root)
     _Server(_uvicorn_config(app, config)).run(sockets=[sock])
 
 

@@ -29,7 +29,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from modelmora.errors import DeadlineExceededError, ServeError, UnavailableError, UnknownModelError
+from modelmora.errors import (
+    ConflictError,
+    DeadlineExceededError,
+    ServeError,
+    UnavailableError,
+    UnknownModelError,
+)
 from modelmora.runtimes import ModelSpec, pinned_runtime
 from modelmora.serve.config import SupervisorSettings
 from modelmora.serve.launcher import Call, Launcher, Worker
@@ -138,6 +144,24 @@ class Supervisor:
         if self.is_stopping:
             reasons.append("ModelMora is shutting down")
         return not reasons, reasons
+
+    def add(self, model: ServedModel) -> None:
+        """Serve one more model (registered at run time); it loads on its first request."""
+        if model.name in self.slots:
+            raise ConflictError(f"model '{model.name}' is served already")
+        self.slots[model.name] = Slot(model, self.default_keep_alive(model))
+        if model.preload:
+            self.tasks.start(self.preload(self.slots[model.name]), f"preload {model.name}")
+        self.notify()
+
+    async def remove(self, name: str) -> None:
+        """Stop serving a model: its requests in flight finish, then its worker ends."""
+        slot = self.slot(name)
+        if slot.loading is not None:
+            await asyncio.wait([slot.loading])
+        await self.end_slot(slot, "unload")
+        self.slots.pop(name, None)
+        self.notify()
 
     def add_listener(self, callback: Listener) -> None:
         self.listeners.append(callback)

@@ -19,8 +19,12 @@ from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import Supervisor
 
 if TYPE_CHECKING:
+    import sqlite3
+
+    from modelmora.project import Project
     from modelmora.serve.api.auth import KeyRing
     from modelmora.serve.jobrunner import JobRunner
+    from modelmora.serve.traffic import Shadows, Traffic
 
 API_VERSION = "1"
 API_VERSION_HEADER = "X-ModelMora-API-Version"
@@ -39,6 +43,12 @@ class AppState:
     """None when the server has no jobs file (no project folder)."""
     keys: KeyRing | None = None
     """The API keys and the audit log; None: every request may do anything."""
+    traffic: Traffic | None = None
+    """Which version answers; None is a server whose models have no versions."""
+    shadows: Shadows | None = None
+    project: Project | None = None
+    """The project served, whose manifest, lock and registry the admin routes edit."""
+    registry: sqlite3.Connection | None = None
 
 
 def app_state(request: Request) -> AppState:

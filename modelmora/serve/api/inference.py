@@ -25,12 +25,15 @@ from starlette.requests import Request
 from modelmora.errors import ServeError
 from modelmora.serve.api.http import AppState, app_state, client_gone
 from modelmora.serve.batching import Batch, BatchOutput
-from modelmora.serve.scheduler import IsDisconnected, OnStart, parse_priority
+from modelmora.serve.scheduler import LOW, IsDisconnected, OnStart, parse_priority
 from modelmora.serve.supervisor import InferenceResult, Supervisor
+from modelmora.serve.traffic import SHADOW_TIMEOUT, Target
 
 PER_INPUT = {"embedding": "embeddings", "text-classification": "predictions"}
 """The batched tasks, and the result field that has one entry per input."""
 INPUT_TOKENS = "input_tokens"
+ROUTE_KEY_HEADER = "x-modelmora-route-key"
+"""Requests with the same key get the same version while the route's weights stay the same."""
 
 Result = dict[str, Any]
 
@@ -62,6 +65,36 @@ def request_priority(request: Request, priority: int | None) -> int:
     if priority is not None:
         return priority
     return parse_priority(request.headers.get("x-priority"))
+
+
+def target(request: Request, reference: str, user: str | None = None) -> Target:
+    """Where the request goes: the version `reference` names, or the one its route picks (by the
+    route key header, else OpenAI's `user`). The access log, metrics and headers say which."""
+    state = app_state(request)
+    key = request.headers.get(ROUTE_KEY_HEADER) or user
+    if state.traffic is not None:
+        found = state.traffic.resolve(reference, key)
+    else:
+        state.supervisor.model(reference)
+        found = Target(reference, reference, None)
+    request.state.model = found.name
+    request.state.version = found.version
+    return found
+
+
+def mirror(state: AppState, found: Target, runtime_request: Result, answer: Result) -> None:
+    """Copy an answered request to the route's shadow, if this one was picked for it."""
+    if found.shadow is None or state.shadows is None:
+        return
+
+    async def run(name: str) -> Result:
+        queueing = Admission(LOW, time.monotonic() + SHADOW_TIMEOUT)
+        outcome = await infer(state, name, dict(runtime_request), queueing)
+        shadowed: Result = outcome.result
+        return shadowed
+
+    task = state.supervisor.model(found.name).task
+    state.shadows.mirror(found, task, answer, run)
 
 
 def is_batched(task: str) -> bool:

@@ -38,14 +38,17 @@ from modelmora.serve.jobstore import Job, JobInput, JobStore
 
 
 async def create_job(request: Request) -> Response:
-    """Queue a job and answer 202 with its id at once; the job is on disk by then."""
+    """Queue a job and answer 202 with its id at once; the job is on disk by then.
+
+    A model with versions is resolved now: the job's `model` is the version that will answer it.
+    """
     state = app_state(request)
     runner = _runner(state)
     body = await read_json(request, JobRequest)
-    request.state.model = body.model
-    job_body(state, body.model, body.input)  # 404 or 422 now, not a failed job later
+    name = inference.target(request, body.model).name  # the version is chosen now, and kept
+    job_body(state, name, body.input)  # 404 or 422 now, not a failed job later
     priority = inference.request_priority(request, body.priority)
-    job = await runner.submit(body.model, body.input, priority, body.timeout)
+    job = await runner.submit(name, body.input, priority, body.timeout)
     headers = {"Location": f"/jobs/{job.id}"}
     return PydanticResponse(JobInfo.from_job(job), status_code=202, headers=headers)
 

@@ -121,15 +121,17 @@ async def infer(request: Request) -> Response:
     """Run the model on the inputs; the body's schema is that of the model's task."""
     arrival = time.monotonic()
     state = app_state(request)
-    name = _model_name(request)
-    served = state.supervisor.model(name)
+    found = inference.target(request, request.path_params["name"])
+    served = state.supervisor.model(found.name)
     body = await read_json(request, request_schema(served.task))
     queueing = inference.admission(request, arrival, body.priority, body.timeout)
-    result = await inference.infer(state, name, body.to_runtime(), queueing, body.keep_alive)
+    runtime = body.to_runtime()
+    result = await inference.infer(state, found.name, runtime, queueing, body.keep_alive)
     record_timing(request, result)
+    inference.mirror(state, found, runtime, result.result)
     return PydanticResponse(
         InferResponse(
-            model=name, revision=served.revision, result=result.result, timing=_timing(result)
+            model=found.name, revision=served.revision, result=result.result, timing=_timing(result)
         )
     )
 

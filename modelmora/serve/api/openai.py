@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 from pydantic import BaseModel
@@ -50,7 +50,6 @@ from modelmora.serve.api.schemas import (
     SamplingRequest,
     Usage,
 )
-from modelmora.serve.supervisor import ServedModel
 
 Chunk = dict[str, Any]
 
@@ -60,24 +59,22 @@ _STARTED = int(time.time())
 
 async def list_models(request: Request) -> Response:
     """The served models, as OpenAI lists them."""
-    names = app_state(request).supervisor.names()
+    served = app_state(request).supervisor.names()
+    names = sorted({name.partition("@")[0] for name in served} | set(served))
     return PydanticResponse(ModelCards(data=[ModelCard(id=n, created=_STARTED) for n in names]))
 
 
 async def create_embeddings(request: Request) -> Response:
     """Embed one text or several; `encoding_format: base64` packs little-endian float32."""
     arrival = time.monotonic()
-    body = await read_json(request, EmbeddingsRequest)
-    _served(request, body)
+    body = _routed(request, await read_json(request, EmbeddingsRequest))
     texts = [body.input] if isinstance(body.input, str) else body.input
-    outcome = await inference.infer(
-        app_state(request),
-        body.model,
-        {"inputs": texts, "normalize": True},
-        _admission(request, body, arrival),
-        body.keep_alive,
-    )
+    runtime: Chunk = {"inputs": texts, "normalize": True}
+    state = app_state(request)
+    queueing = _admission(request, body, arrival)
+    outcome = await inference.infer(state, body.model, runtime, queueing, body.keep_alive)
     record_timing(request, outcome)
+    inference.mirror(state, request.state.target, runtime, outcome.result)
     result = outcome.result
     vectors = result["embeddings"]
     if body.dimensions is not None:
@@ -110,7 +107,7 @@ def _base64(vector: list[float]) -> str:
 async def create_completion(request: Request) -> Response:
     """Complete a prompt; `stream: true` sends server-sent events ending in `data: [DONE]`."""
     arrival = time.monotonic()
-    body = await read_json(request, CompletionRequest)
+    body = _routed(request, await read_json(request, CompletionRequest))
     meta = _Meta("cmpl", body.model)
     if body.stream:
         render = _completion_chunks(meta, body.include_usage())
@@ -125,7 +122,7 @@ async def create_completion(request: Request) -> Response:
 async def create_chat_completion(request: Request) -> Response:
     """Answer a chat with the model's chat template; `stream: true` sends server-sent events."""
     arrival = time.monotonic()
-    body = await read_json(request, ChatCompletionRequest)
+    body = _routed(request, await read_json(request, ChatCompletionRequest))
     meta = _Meta("chatcmpl", body.model)
     if body.stream:
         render = _chat_chunks(meta, body.include_usage())
@@ -154,12 +151,11 @@ async def _generate(
     request: Request, body: SamplingRequest, runtime: Chunk, arrival: float
 ) -> Chunk:
     """Run a text-generation model to the end, in its turn (generation is not batched)."""
-    _served(request, body)
+    state = app_state(request)
     queueing = _admission(request, body, arrival)
-    outcome = await inference.infer(
-        app_state(request), body.model, runtime, queueing, body.keep_alive
-    )
+    outcome = await inference.infer(state, body.model, runtime, queueing, body.keep_alive)
     record_timing(request, outcome)
+    inference.mirror(state, request.state.target, runtime, outcome.result)
     result: Chunk = outcome.result
     return result
 
@@ -182,8 +178,8 @@ async def _stream(
 
     The first chunk is awaited before the response starts, so that an unknown model, a failed load
     or a crash before the first token still gets its HTTP status instead of a 200 with an error.
+    Streams are never copied to a shadow.
     """
-    _served(request, body)
     exits = AsyncExitStack()
     try:
         chunks = await inference.open_stream(
@@ -264,14 +260,19 @@ def _chat_chunks(meta: _Meta, include_usage: bool) -> Render:
     return render
 
 
-def _served(request: Request, body: OpenAIRequest) -> ServedModel:
-    """The served model the body names, which must do the route's task (404 or 422 otherwise)."""
-    served = app_state(request).supervisor.model(body.model)
-    request.state.model = body.model
+OpenAIBody = TypeVar("OpenAIBody", bound=OpenAIRequest)
+
+
+def _routed(request: Request, body: OpenAIBody) -> OpenAIBody:
+    """The body with `model` as the version that answers (`minilm@v2`), which must do the route's
+    task (404 or 422 otherwise); responses name that version."""
+    found = inference.target(request, body.model, body.user)
+    request.state.target = found
+    served = app_state(request).supervisor.model(found.name)
     if served.task != body.task:
         message = f"{body.model!r} is a {served.task} model; this route needs {body.task}"
         raise _invalid(message, "model")
-    return served
+    return body.model_copy(update={"model": found.name})
 
 
 def _admission(request: Request, body: OpenAIRequest, arrival: float) -> inference.Admission:

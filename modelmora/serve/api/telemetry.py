@@ -38,6 +38,7 @@ error_log = logging.getLogger("modelmora.serve.app")
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_COSINE_BUCKETS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
 _LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -48,13 +49,44 @@ class Metrics:
         self, supervisor: Supervisor, scheduler: Scheduler, task_groups: Sequence[TaskGroup] = ()
     ) -> None:
         self.registry = CollectorRegistry()
-        self.requests = self._counter("requests", "HTTP requests.", "endpoint", "model", "status")
+        self.requests = self._counter(
+            "requests", "HTTP requests.", "endpoint", "model", "version", "status"
+        )
         self.latency = self._histogram(
             "request_duration_seconds",
             "HTTP request latency.",
             _LATENCY_BUCKETS,
             "endpoint",
             "model",
+            "version",
+        )
+        self.shadow_requests = self._counter(
+            "shadow_requests",
+            "Requests copied to a shadow version: sent, dropped (it was busy) or failed.",
+            "model",
+            "shadow",
+            "outcome",
+        )
+        self.shadow_latency = self._histogram(
+            "shadow_duration_seconds",
+            "Time a shadow copy took.",
+            _LATENCY_BUCKETS,
+            "model",
+            "shadow",
+        )
+        self.shadow_agreement = self._counter(
+            "shadow_comparisons",
+            "Classification inputs whose top label the shadow agreed or disagreed on.",
+            "model",
+            "shadow",
+            "outcome",
+        )
+        self.shadow_cosine = self._histogram(
+            "shadow_cosine",
+            "Cosine similarity of each shadow embedding to the answered one.",
+            _COSINE_BUCKETS,
+            "model",
+            "shadow",
         )
         self.queue = self._histogram(
             "queue_seconds", "Time requests waited for a worker.", _LATENCY_BUCKETS, "model"
@@ -97,12 +129,29 @@ class Metrics:
         if event == "load":
             self.load_time.labels(model).observe(seconds)
 
+    def observe_shadow(self, model: str, shadow: str, outcome: str, value: float | None) -> None:
+        """One event of a shadow copy (see `traffic.Record`)."""
+        if outcome in ("sent", "dropped", "failed"):
+            self.shadow_requests.labels(model, shadow, outcome).inc()
+        elif outcome == "seconds" and value is not None:
+            self.shadow_latency.labels(model, shadow).observe(value)
+        elif outcome == "cosine" and value is not None:
+            self.shadow_cosine.labels(model, shadow).observe(value)
+        elif outcome in ("agree", "disagree"):
+            self.shadow_agreement.labels(model, shadow, outcome).inc()
+
     def observe_request(
-        self, endpoint: str, model: str, status: int, seconds: float, timing: Any
+        self, endpoint: str, served: str, status: int, seconds: float, timing: Any
     ) -> None:
-        """Count one finished request; inference requests also split queue, load and compute."""
-        self.requests.labels(endpoint, model, str(status)).inc()
-        self.latency.labels(endpoint, model).observe(seconds)
+        """Count one finished request; inference requests also split queue, load and compute.
+
+        `served` is what answered (`minilm@v2`): the request metrics carry the model and the
+        version apart, so that one query compares versions; the worker metrics carry `served`.
+        """
+        name, _, version = served.partition("@")
+        model = served
+        self.requests.labels(endpoint, name, version, str(status)).inc()
+        self.latency.labels(endpoint, name, version).observe(seconds)
         if isinstance(timing, InferenceResult):
             self.queue.labels(model).observe(timing.queue_ms / 1000)
             self.load_wait.labels(model).observe(timing.load_ms / 1000)
@@ -230,6 +279,10 @@ async def metrics(request: Request) -> Response:
 METRICS_ENDPOINT = Endpoint("/metrics", "GET", metrics, tag="telemetry", media_type="text/plain")
 
 
+MODEL_VERSION_HEADER = "X-ModelMora-Model-Version"
+"""Which version of a model with versions answered the request."""
+
+
 class RequestMiddleware:
     """Outermost middleware: request id in and out, API version header, access log, metrics.
 
@@ -258,6 +311,9 @@ class RequestMiddleware:
                 headers = MutableHeaders(scope=message)
                 headers.append("X-Request-ID", request_id)
                 headers.append(API_VERSION_HEADER, API_VERSION)
+                version = scope.get("state", {}).get("version")
+                if version:
+                    headers.append(MODEL_VERSION_HEADER, version)
             await send(message)
 
         try:
