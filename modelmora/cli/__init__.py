@@ -5,9 +5,10 @@ manage.py   the project: init, add, remove, lock, install, list, show, path, pul
 serving.py  the server: serve, run, load, stop, logs, ps, jobs
 caching.py  the shared cache: dir, verify, gc, du, list
 keys.py     API keys and the audit log: keys create, keys list, keys revoke, audit
+versions.py model versions: versions, route, promote, rollback, deprecate
 """
 
-from modelmora.cli import caching, keys, manage, serving  # noqa: F401  (importing registers the commands)
+from modelmora.cli import caching, keys, manage, serving, versions  # noqa: F401  (importing registers the commands)
 from modelmora.cli.app import app, main
 
 __all__ = ["app", "main"]

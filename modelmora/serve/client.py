@@ -1,4 +1,5 @@
-"""Talk to a running `modelmora serve`: the calls behind `modelmora ps`, `run`, `load`, `stop`.
+"""Talk to a running `modelmora serve`: the calls behind `modelmora ps`, `run`, `load`, `stop`,
+and the version commands (`versions`, `route`, `promote`, `rollback`, `deprecate`).
 
 Plain httpx; no server code is imported, so the CLI stays light. Errors come back as the
 `ServeError` subclass the server raised, with its message.
@@ -16,6 +17,13 @@ import httpx
 from modelmora.errors import ServeError, serve_error_class
 from modelmora.serve.api.schemas import InferResponse
 from modelmora.serve.status import ModelStatus
+from modelmora.versionjson import (
+    DeprecateBody,
+    PromoteBody,
+    RouteBody,
+    RouteUpdateBody,
+    VersionsBody,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
@@ -63,6 +71,31 @@ class Client:
     def unload(self, name: str) -> ModelStatus:
         """Unload a model: its worker process ends and gives its memory back."""
         return ModelStatus.model_validate(self._call("POST", f"/models/{name}/unload"))
+
+    def versions(self, name: str) -> VersionsBody:
+        """A model's versions, its route and the history of its routes."""
+        return VersionsBody.model_validate(self._call("GET", f"/models/{name}/versions"))
+
+    def set_route(self, name: str, route: RouteBody) -> RouteUpdateBody:
+        """Give a model a new route (admin)."""
+        body = self._call("PUT", f"/models/{name}/route", json=route.model_dump())
+        return RouteUpdateBody.model_validate(body)
+
+    def promote(self, name: str, version: str) -> RouteUpdateBody:
+        """All of a model's traffic to one version (admin)."""
+        payload = PromoteBody(version=version).model_dump()
+        body = self._call("POST", f"/models/{name}/promote", json=payload)
+        return RouteUpdateBody.model_validate(body)
+
+    def rollback(self, name: str) -> RouteUpdateBody:
+        """Back to the route a model had before its current one (admin)."""
+        return RouteUpdateBody.model_validate(self._call("POST", f"/models/{name}/rollback"))
+
+    def deprecate(self, name: str, version: str, undo: bool = False) -> VersionsBody:
+        """Mark a version deprecated, or active again with `undo` (admin)."""
+        payload = DeprecateBody(version=version, undo=undo).model_dump()
+        body = self._call("POST", f"/models/{name}/deprecate", json=payload)
+        return VersionsBody.model_validate(body)
 
     def infer(self, name: str, inputs: Any, **options: Any) -> InferResponse:
         """One inference: `inputs` is a text or list of texts; options are the task's fields."""
