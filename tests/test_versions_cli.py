@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -18,7 +19,13 @@ from servers import start_serve, stop
 from modelmora import registry
 from modelmora.manifest import load
 from modelmora.routing import Route
-from modelmora.versionjson import RouteUpdateBody, VersionsBody
+from modelmora.versionjson import (
+    RouteBody,
+    RouteChangeBody,
+    RouteUpdateBody,
+    VersionBody,
+    VersionsBody,
+)
 
 Run = Callable[..., Result]
 MANIFEST = """\
@@ -238,6 +245,14 @@ def test_url_always_goes_through_that_server(project: Path, cli_run: Run) -> Non
     assert route_of(project) == Route({"v2": 100})  # the files are not edited instead
 
 
+def test_every_field_of_the_version_bodies_is_documented() -> None:
+    docs = Path(__file__).parent.parent / "docs" / "json.md"
+    documented = set(re.findall(r"`(\w+)`", docs.read_text()))
+    for body in (VersionsBody, VersionBody, RouteChangeBody, RouteBody, RouteUpdateBody):
+        missing = set(body.model_fields) - documented
+        assert not missing, f"{body.__name__}: {sorted(missing)} not in docs/json.md"
+
+
 def test_a_dead_servers_run_file_is_ignored(project: Path, cli_run: Run) -> None:
     run_file = project / ".modelmora" / "serve.json"
     run_file.write_text(json.dumps({"url": "http://127.0.0.1:9", "pid": 2**22 + 1}))
@@ -279,3 +294,30 @@ def test_promote_goes_through_the_running_server(project: Path, cli_run: Run) ->
     with closing(sqlite3.connect(project / ".modelmora" / "registry.sqlite3")) as connection:
         actions = [row[0] for row in connection.execute("SELECT action FROM audit")]
     assert "model.promote" in actions
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not server_has_version_routes(), reason="the server's version routes")
+def test_changes_through_a_server_with_an_api_key_need_it(
+    project: Path, cli_run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, process = start_serve(project, "--api-key", "s3cret", key="s3cret")
+    try:
+        refused = cli_run("promote", "bert", "v1", cwd=project, code=1)
+        monkeypatch.setenv("MODELMORA_API_KEY", "s3cret")
+        promoted = as_json(cli_run, project, "promote", "bert", "v1")
+        monkeypatch.delenv("MODELMORA_API_KEY")
+        rolled = as_json(cli_run, project, "rollback", "bert", "--api-key", "s3cret")
+    finally:
+        stop(process)
+
+    assert "--api-key" in refused.stderr and refused.stderr.strip().count("\n") == 0
+    assert RouteUpdateBody.model_validate(promoted).after.weights == {"v1": 100}
+    assert RouteUpdateBody.model_validate(rolled).after.weights == {"v2": 100}
+    assert route_of(project) == Route({"v2": 100})
+    log = as_json(cli_run, project, "audit")
+    assert isinstance(log, list)
+    assert [(e["actor"], e["action"]) for e in log[:2]] == [
+        ("api-key", "model.rollback"),
+        ("api-key", "model.promote"),
+    ]
