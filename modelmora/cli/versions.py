@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from modelmora.project import Project
+    from modelmora.serve.client import Client
     from modelmora.versionjson import RouteBody, RouteUpdateBody, VersionsBody
     from modelmora.versions import RouteUpdate
 
@@ -68,7 +69,7 @@ def list_versions(
 @app.command()
 def route(
     name: str = NAME_ARGUMENT,
-    weights: list[str] = typer.Argument(..., metavar="VERSION=WEIGHT...", help="e.g. v3=90 v2=10"),
+    weights: list[str] = typer.Argument(..., metavar="VERSION=WEIGHT", help="e.g. v3=90 v2=10"),
     shadow: str | None = typer.Option(None, help="A version that gets a copy of some requests."),
     shadow_fraction: float | None = typer.Option(
         None, help="The fraction of requests copied to --shadow, 0 to 1."
@@ -203,7 +204,7 @@ def _server_url(url: str | None) -> str | None:
     return runfile.running_url(current_project().root)
 
 
-def _client(url: str, api_key: str | None) -> Any:
+def _client(url: str, api_key: str | None) -> Client:
     from modelmora.serve.client import Client
 
     return Client(url, api_key=api_key)
@@ -229,7 +230,7 @@ def _change(
     url: str | None,
     api_key: str | None,
     as_json: bool,
-    online: Callable[[Any], RouteUpdateBody],
+    online: Callable[[Client], RouteUpdateBody],
     offline: Offline,
     verb: str,
 ) -> None:
