@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import httpx
 from waiting import eventually
@@ -24,11 +26,15 @@ def start_serve(
     """`modelmora serve ARGS` in `root`, once `/ready` answers 200 (asked with `key`, if any);
     stopped again if it never does."""
     port = free_port()
+    # A file, not a pipe: nobody reads a pipe while the test runs, and a server that has logged
+    # 64 KiB of access lines into a full pipe blocks on its next line.
+    output = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop()
     process = subprocess.Popen(
         [sys.executable, "-m", "modelmora", "serve", *args],
         cwd=root, env={**os.environ, "MODELMORA_PORT": str(port), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=output, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    OUTPUTS[process.pid] = output
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, key=key)
@@ -44,14 +50,31 @@ def wait_ready(
     headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def is_ready() -> bool:
-        assert process.poll() is None, process.communicate()
+        assert process.poll() is None, output_of(process)
         return httpx.get(f"{url}/ready", headers=headers, timeout=5).status_code == 200
 
     eventually(is_ready, timeout, ignoring=(httpx.HTTPError,), what="the server to be ready")
 
 
-def stop(process: subprocess.Popen[str]) -> None:
-    """Kill the server if it still runs, and collect its output."""
+def stop(process: subprocess.Popen[str]) -> str:
+    """Kill the server if it still runs; what it wrote to stdout and stderr."""
     if process.poll() is None:
         process.kill()
     process.communicate(timeout=30)
+    written = output_of(process)
+    output = OUTPUTS.pop(process.pid, None)
+    if output is not None:
+        output.close()
+    return written
+
+
+OUTPUTS: dict[int, IO[str]] = {}
+
+
+def output_of(process: subprocess.Popen[str]) -> str:
+    """What a server started here has written so far (stdout and stderr together)."""
+    output = OUTPUTS.get(process.pid)
+    if output is None:
+        return ""
+    output.seek(0)
+    return output.read()

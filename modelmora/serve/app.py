@@ -15,7 +15,6 @@ import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,6 +26,7 @@ from modelmora.errors import ModelmoraError, ServeError
 from modelmora.project import Project
 from modelmora.routing import Route
 from modelmora.serve.api import inference, jobs, native, openai
+from modelmora.serve.api import versions as version_routes
 from modelmora.serve.api.auth import AuthMiddleware, KeyRing
 from modelmora.serve.api.http import AppState, handle_http_exception, handle_serve_error
 from modelmora.serve.api.openapi import (
@@ -37,18 +37,23 @@ from modelmora.serve.api.openapi import (
 from modelmora.serve.api.openapi import routes as endpoint_routes
 from modelmora.serve.api.schemas import NativeError, served_bodies
 from modelmora.serve.api.telemetry import METRICS_ENDPOINT, Metrics, RequestMiddleware, log_config
-from modelmora.serve.config import ServeConfig, ServerSettings, batch_settings, keep_alive_seconds
+from modelmora.serve.catalog import served, served_models
+from modelmora.serve.config import ServeConfig, ServerSettings
 from modelmora.serve.jobstore import JobStore
+from modelmora.serve.registrations import Registrations
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import ServedModel, Supervisor
 from modelmora.serve.traffic import Shadows, Traffic
 
-if TYPE_CHECKING:
-    from modelmora.project import InstalledModel
-
 __all__ = ["bind", "create_app", "run_server", "served", "served_models"]
 
-ENDPOINTS = [*native.ENDPOINTS, *jobs.ENDPOINTS, *openai.ENDPOINTS, METRICS_ENDPOINT]
+ENDPOINTS = [
+    *native.ENDPOINTS,
+    *version_routes.ENDPOINTS,
+    *jobs.ENDPOINTS,
+    *openai.ENDPOINTS,
+    METRICS_ENDPOINT,
+]
 
 
 def create_app(
@@ -74,9 +79,9 @@ def create_app(
     )
     connection = registry.connect(registry_path) if registry_path is not None else None
     keyring = KeyRing(connection, settings.api_key)
-    served = Project(project_root) if project_root is not None else None
+    served_project = Project(project_root) if project_root is not None else None
     if routes is None:
-        routes = served.manifest().routes if served is not None else {}
+        routes = served_project.manifest().routes if served_project is not None else {}
     shadows = Shadows()
     state = AppState(
         supervisor=supervisor,
@@ -85,13 +90,15 @@ def create_app(
         keys=keyring,
         traffic=Traffic(routes, supervisor),
         shadows=shadows,
-        project=served,
+        project=served_project,
         registry=connection,
+        registrations=Registrations() if served_project is not None else None,
     )
     if jobs_path is not None:
         store = JobStore(jobs_path, retention=settings.job_retention)
         state = dataclasses.replace(state, jobs=jobs.job_runner(state, store))
     groups = [*supervisor.task_groups, scheduler.tasks, shadows.tasks]
+    groups += [state.registrations.tasks] if state.registrations is not None else []
     groups += [state.jobs.tasks] if state.jobs is not None else []
     metrics = Metrics(supervisor, scheduler, groups)
     shadows.record = metrics.observe_shadow
@@ -155,44 +162,13 @@ async def _shut_down(state: AppState) -> None:
     await state.scheduler.close(state.supervisor.settings.drain_timeout)
     if state.shadows is not None:
         await state.shadows.close()
+    if state.registrations is not None:
+        await state.registrations.close()
     if state.jobs is not None:
         await state.jobs.close()
     await state.supervisor.stop()
     if state.keys is not None:
         state.keys.close()
-
-
-def served_models(installed: Sequence[InstalledModel], preload: Sequence[str]) -> list[ServedModel]:
-    """What the supervisor serves: the project's installed models and their manifest entries."""
-    names = {model.spec.name for model in installed} | {model.spec.model for model in installed}
-    unknown = sorted(set(preload) - names)
-    if unknown:
-        raise ModelmoraError(f"--preload {unknown[0]}: no such model", "see `modelmora list`")
-    wanted = set(preload)
-    return [
-        served(model, bool({model.spec.name, model.spec.model} & wanted)) for model in installed
-    ]
-
-
-def served(model: InstalledModel, preload: bool = False) -> ServedModel:
-    """One installed model (a version of one) as the supervisor serves it."""
-    spec = model.spec
-    return ServedModel(
-        name=spec.name,
-        task=spec.task,
-        path=model.path,
-        source=model.locked.source,
-        revision=model.locked.commit,
-        device=spec.device,
-        dtype=spec.dtype,
-        preload=spec.preload or preload,
-        keep_alive=keep_alive_seconds(spec.keep_alive, f"modelmora.toml: models.{spec.name}"),
-        threads=spec.threads,
-        runtime=spec.runtime,
-        backend=spec.backend,
-        options=spec.options,
-        batching=batch_settings(spec.model_dump()),
-    )
 
 
 def bind(settings: ServerSettings) -> socket.socket:

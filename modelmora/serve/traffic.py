@@ -66,7 +66,8 @@ class Traffic:
         route = self.routes.get(model)
         if version is None and route is not None:
             version = choose(route, key)
-            shadow = f"{model}@{route.shadow}" if shadows(route) else None
+            mirrored = route.shadow != version and shadows(route)
+            shadow = f"{model}@{route.shadow}" if mirrored else None
             return Target(f"{model}@{version}", model, version, shadow)
         if reference not in self.models.names():
             raise self.unknown(model, version)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from modelmora.project import Project
     from modelmora.serve.api.auth import KeyRing
     from modelmora.serve.jobrunner import JobRunner
+    from modelmora.serve.registrations import Registrations
     from modelmora.serve.traffic import Shadows, Traffic
 
 API_VERSION = "1"
@@ -49,6 +50,8 @@ class AppState:
     project: Project | None = None
     """The project served, whose manifest, lock and registry the admin routes edit."""
     registry: sqlite3.Connection | None = None
+    registrations: Registrations | None = None
+    """Models being registered at run time; None without a project."""
 
 
 def app_state(request: Request) -> AppState:

@@ -35,7 +35,7 @@ class Endpoint:
     """One route and what its documentation says: schemas of query, body and response."""
 
     path: str
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     handler: Handler
     request: tuple[type[BaseModel], ...] = ()
     query: type[BaseModel] | None = None

@@ -679,3 +679,49 @@ def _job_request(name: str, task: str) -> type[BaseModel]:
         model=(_one_of([name]), ...),
         input=(job_input, ...),
     )
+
+
+# --- registering and removing models at run time (POST /models, DELETE /models/{name}) ---------
+
+
+class RegisterRequest(BaseModel):
+    """A model to add to the project and serve, as `modelmora add` would."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="The model's name, e.g. minilm."
+    )
+    source: str = Field(min_length=1, description="hf://ORG/REPO[@REV], https://..., a folder")
+    task: str | None = Field(None, description="Its task; guessed from config.json if left out.")
+    version: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="A new version of a model with versions; it gets no traffic until routed.",
+    )
+    revision: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    allow_pickle: bool = False
+
+    @property
+    def reference(self) -> str:
+        return f"{self.name}@{self.version}" if self.version else self.name
+
+
+class Registration(BaseModel):
+    """`POST /models`: 201 once served, or 202 while it locks and downloads (see `Location`)."""
+
+    id: str
+    name: str = Field(description="What it is served as: minilm, or minilm@v3.")
+    state: Literal["running", "done", "failed"]
+    error: str | None = Field(description="Why it failed: the source's answer, the check.")
+    created_at: float
+    finished_at: float | None
+
+
+class Removed(BaseModel):
+    """`DELETE /models/{name}`: the served names that are gone, and the route left."""
+
+    removed: list[str]
+    route: dict[str, int] | None = Field(description="The model's weights now, if versions remain.")
