@@ -108,10 +108,17 @@ class JobRunner:
         self.purging = self.tasks.start(self.purge_now_and_then(), "purge")
 
     async def submit(
-        self, model: str, input: JobInput, priority: int, timeout: float | None
+        self,
+        model: str,
+        input: JobInput,
+        priority: int,
+        timeout: float | None,
+        key_name: str | None = None,
     ) -> Job:
         """Store the job (on disk when this returns), then queue it."""
-        job = await self.store.create(model, input, priority=priority, timeout=timeout)
+        job = await self.store.create(
+            model, input, priority=priority, timeout=timeout, key_name=key_name
+        )
         self.add(job)
         return job
 

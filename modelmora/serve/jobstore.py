@@ -6,6 +6,7 @@
 
 One file (`.modelmora/jobs.sqlite3` in the project; the path is given) in WAL mode with
 synchronous=FULL: `create()` returns once the job is committed and on disk, so a 202 never lies.
+A file from an older version gets the columns it lacks when opened; its rows read NULL there.
 All SQLite work runs on one dedicated thread with one connection: the event loop never waits on the
 disk, and writes never contend. Finished jobs are removed `retention` seconds after they finish
 (`purge_finished()`); the server calls it now and then.
@@ -34,7 +35,7 @@ JobInput = str | list[str] | dict[str, Any]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 DEFAULT_RETENTION = 24 * 3600.0
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,11 +50,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
-    error TEXT
+    error TEXT,
+    key_name TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model, seq);
 """
+ADDED_COLUMNS = {"key_name": "TEXT"}
+"""Columns added since the first schema, for files created before them."""
 T = TypeVar("T")
 
 
@@ -75,6 +79,8 @@ class Job:
     """How many times the job was started; more than one after a restart."""
     result: Any
     error: Mapping[str, Any] | None
+    key_name: str | None = None
+    """The API key that submitted the job, whose tokens per minute it spends; None without one."""
 
     @property
     def queue_ms(self) -> float | None:
@@ -127,11 +133,17 @@ class JobStore:
     # the API
 
     async def create(
-        self, model: str, input: Any, *, priority: int = 1, timeout: float | None = None
+        self,
+        model: str,
+        input: Any,
+        *,
+        priority: int = 1,
+        timeout: float | None = None,
+        key_name: str | None = None,
     ) -> Job:
         """Store a queued job; when this returns, the job is on disk."""
         job_id = uuid.uuid4().hex
-        row = (job_id, model, _dump(input), priority, timeout, "queued", time.time())
+        row = (job_id, model, _dump(input), priority, timeout, "queued", time.time(), key_name)
         await self._run(self._insert, row)
         return await self.get(job_id)
 
@@ -195,8 +207,10 @@ class JobStore:
         connection.execute("PRAGMA synchronous=FULL")  # committed means on disk, not only in WAL
         connection.execute("PRAGMA busy_timeout=5000")  # `modelmora jobs` may read meanwhile
         connection.executescript(SCHEMA)
-        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._connection = connection
+        with self._transaction():  # `modelmora jobs` may open an old file at the same time
+            _add_missing_columns(connection)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _disconnect(self) -> None:
         if self._connection is not None:
@@ -210,8 +224,8 @@ class JobStore:
 
     def _insert(self, row: tuple[Any, ...]) -> None:
         self._db.execute(
-            "INSERT INTO jobs (id, model, input, priority, timeout, state, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, model, input, priority, timeout, state, created_at, key_name)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )
 
@@ -292,6 +306,14 @@ class JobStore:
         self._db.execute("COMMIT")
 
 
+def _add_missing_columns(connection: sqlite3.Connection) -> None:
+    """Add the columns a file created by an older version lacks."""
+    present = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
+    for name, kind in ADDED_COLUMNS.items():
+        if name not in present:
+            connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+
+
 def _filters(**equal_to: str | None) -> tuple[str, tuple[str, ...]]:
     """A WHERE clause for the filters that are set; the names are ours, the values parameters."""
     chosen = {name: value for name, value in equal_to.items() if value is not None}
@@ -314,6 +336,7 @@ def _job_from(row: sqlite3.Row) -> Job:
         attempts=row["attempts"],
         result=_load(row["result"]),
         error=_load(row["error"]),
+        key_name=row["key_name"],
     )
 
 

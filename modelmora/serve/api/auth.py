@@ -38,6 +38,8 @@ class Caller:
     requests: TokenBucket | None = None
     tokens: TokenBucket | None = None
     limits: keys.Limits = field(default_factory=keys.Limits)
+    is_registered: bool = False
+    """A key of the registry, known by its name; not the single `--api-key`."""
 
     def allows(self, needed: keys.Scope) -> bool:
         return self.scope == "admin" or needed == "infer"
@@ -63,7 +65,7 @@ def caller_for(key: keys.ApiKey, clock: Callable[[], float]) -> Caller:
         requests = TokenBucket(limits.requests_per_second, limits.request_burst(), clock)
     if limits.tokens_per_minute is not None:
         tokens = TokenBucket(limits.tokens_per_minute / 60, limits.tokens_burst(), clock)
-    return Caller(key.name, key.scope, requests, tokens, limits)
+    return Caller(key.name, key.scope, requests, tokens, limits, is_registered=True)
 
 
 class KeyRing:
@@ -93,6 +95,14 @@ class KeyRing:
         if self.api_key_sha256 is not None and hmac.compare_digest(digest, self.api_key_sha256):
             return Caller(audit.API_KEY_ACTOR, "admin")
         return self.callers.get(digest)
+
+    def charge(self, name: str, tokens: int) -> None:
+        """Count tokens used after the request that spent them (an async job's) against the live
+        key called `name`; a key revoked since is skipped."""
+        self.refresh()
+        caller = next((c for c in self.callers.values() if c.name == name), None)
+        if caller is not None:
+            caller.charge(tokens)
 
     def refresh(self) -> None:
         """Re-read the keys if the registry changed since the last look (at most so often)."""
@@ -138,6 +148,12 @@ def require_admin(request: Request) -> str:
             "use an admin key (`modelmora keys create NAME --scope admin`)",
         )
     return caller.name
+
+
+def key_name(request: Request) -> str | None:
+    """The registry key that made this request; None on an open server or with `--api-key`."""
+    caller: Caller | None = getattr(request.state, "caller", None)
+    return caller.name if caller is not None and caller.is_registered else None
 
 
 def record_admin(
@@ -209,18 +225,20 @@ def _rate_limited(path: str, caller: Caller, refusal: Decision) -> Any:
 def record_usage(request: Request, chunk: Any) -> None:
     """Keep a streamed answer's usage (its last chunk's) for the key's tokens per minute."""
     if isinstance(chunk, dict) and "finish_reason" in chunk:
-        request.state.tokens_used = _usage(chunk)
+        request.state.tokens_used = tokens_used_by(chunk)
 
 
 def _tokens_used(scope: Scope) -> int:
-    """What the model reported it used: prompt and completion tokens; 0 when it did not say."""
+    """What the request's model reported it used; 0 when it did not say."""
     state = scope.get("state", {})
     if "tokens_used" in state:  # a stream's, once its last chunk has gone
         return int(state["tokens_used"])
     timing = state.get("timing")
-    result = timing.result if isinstance(timing, InferenceResult) else None
-    return _usage(result) if isinstance(result, dict) else 0
+    return tokens_used_by(timing.result if isinstance(timing, InferenceResult) else None)
 
 
-def _usage(result: dict[str, Any]) -> int:
+def tokens_used_by(result: object) -> int:
+    """What a runtime's result says it used: prompt and completion tokens; 0 when it did not say."""
+    if not isinstance(result, dict):
+        return 0
     return int(result.get("prompt_tokens", 0)) + int(result.get("completion_tokens", 0))

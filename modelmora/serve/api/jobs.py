@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelmora.errors import UnavailableError, UnknownModelError
-from modelmora.serve.api import inference
+from modelmora.serve.api import auth, inference
 from modelmora.serve.api.http import (
     AppState,
     PydanticResponse,
@@ -48,7 +48,7 @@ async def create_job(request: Request) -> Response:
     name = inference.target(request, body.model).name  # the version is chosen now, and kept
     job_body(state, name, body.input)  # 404 or 422 now, not a failed job later
     priority = inference.request_priority(request, body.priority)
-    job = await runner.submit(name, body.input, priority, body.timeout)
+    job = await runner.submit(name, body.input, priority, body.timeout, auth.key_name(request))
     headers = {"Location": f"/jobs/{job.id}"}
     return PydanticResponse(JobInfo.from_job(job), status_code=202, headers=headers)
 
@@ -96,7 +96,8 @@ def job_runner(state: AppState, store: JobStore) -> JobRunner:
 
 
 async def run_job(state: AppState, job: Job, attempt: Attempt) -> Any:
-    """The job as its model's `/infer` request, queued as background work."""
+    """The job as its model's `/infer` request, queued as background work; its tokens count
+    against the tokens per minute of the key that submitted it, as a request's do."""
     body = job_body(state, job.model, job.input)
     timeout = job.timeout if job.timeout is not None else body.timeout
     deadline = state.supervisor.settings.deadline_after(attempt.taken_at, timeout)
@@ -104,6 +105,8 @@ async def run_job(state: AppState, job: Job, attempt: Attempt) -> Any:
         job.priority, deadline, background=True, on_start=attempt.on_start
     )
     outcome = await inference.infer(state, job.model, body.to_runtime(), queueing, body.keep_alive)
+    if state.keys is not None and job.key_name is not None:  # before the store says succeeded
+        state.keys.charge(job.key_name, auth.tokens_used_by(outcome.result))
     return outcome.result
 
 
