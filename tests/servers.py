@@ -28,13 +28,13 @@ def start_serve(
     port = free_port()
     # A file, not a pipe: nobody reads a pipe while the test runs, and a server that has logged
     # 64 KiB of access lines into a full pipe blocks on its next line.
-    output = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop()
+    files = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))  # noqa: SIM115 - stop()
     process = subprocess.Popen(
         [sys.executable, "-m", "modelmora", "serve", *args],
         cwd=root, env={**os.environ, "MODELMORA_PORT": str(port), **(env or {})},
-        stdout=output, stderr=subprocess.STDOUT, text=True,
+        stdout=files[0], stderr=files[1], text=True,
     )  # fmt: skip
-    OUTPUTS[process.pid] = output
+    OUTPUTS[process.pid] = files
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, key=key)
@@ -50,31 +50,30 @@ def wait_ready(
     headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def is_ready() -> bool:
-        assert process.poll() is None, output_of(process)
+        assert process.poll() is None, outputs(process)
         return httpx.get(f"{url}/ready", headers=headers, timeout=5).status_code == 200
 
     eventually(is_ready, timeout, ignoring=(httpx.HTTPError,), what="the server to be ready")
 
 
-def stop(process: subprocess.Popen[str]) -> str:
-    """Kill the server if it still runs; what it wrote to stdout and stderr."""
+def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Kill the server if it still runs; what it wrote to stdout and to stderr."""
     if process.poll() is None:
         process.kill()
-    process.communicate(timeout=30)
-    written = output_of(process)
-    output = OUTPUTS.pop(process.pid, None)
-    if output is not None:
-        output.close()
+    process.wait(timeout=30)
+    written = outputs(process)
+    for file in OUTPUTS.pop(process.pid, ()):
+        file.close()
     return written
 
 
-OUTPUTS: dict[int, IO[str]] = {}
+OUTPUTS: dict[int, tuple[IO[str], IO[str]]] = {}
 
 
-def output_of(process: subprocess.Popen[str]) -> str:
-    """What a server started here has written so far (stdout and stderr together)."""
-    output = OUTPUTS.get(process.pid)
-    if output is None:
-        return ""
-    output.seek(0)
-    return output.read()
+def outputs(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """What a server started here has written so far: its stdout and its stderr."""
+    written = []
+    for file in OUTPUTS.get(process.pid, ()):
+        file.seek(0)
+        written.append(file.read())
+    return (written[0], written[1]) if written else ("", "")

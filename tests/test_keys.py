@@ -263,6 +263,7 @@ def test_keys_scopes_and_audit_on_a_running_server(embedding_project: Path) -> N
             unloaded = http.post("/models/bert/unload", headers=bearer(ops["secret"]))
             loaded = http.post("/models/bert/load", headers=bearer(ops["secret"]))
             health = http.get("/health")
+            ready = http.get("/ready")  # probes send no key
 
             cli_json(embedding_project, "keys", "revoke", "app")
             eventually(
@@ -281,6 +282,7 @@ def test_keys_scopes_and_audit_on_a_running_server(embedding_project: Path) -> N
     assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
     assert loaded.status_code == 200 and loaded.json()["state"] == "ready"
     assert health.status_code == 200 and still.status_code == 200
+    assert ready.status_code == 200 and ready.json()["ready"] is True
 
     log = cli_json(embedding_project, "audit")
     assert isinstance(log, list)

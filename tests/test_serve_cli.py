@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 from modelfactory import build_embedding_model
-from servers import free_port, start_serve, stop
+from servers import free_port, outputs, start_serve, stop
 
 from modelmora.errors import ModelmoraError
 from modelmora.serve import config as settings
@@ -81,7 +81,8 @@ def test_serve_installs_serves_and_stops_cleanly(
     children = psutil.Process(process.pid).children(recursive=True)
     assert children
     process.send_signal(signal.SIGTERM)
-    stdout, _ = process.communicate(timeout=60)
+    process.wait(timeout=60)
+    stdout, _ = outputs(process)
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
     before, serving = stdout.splitlines()[:2]
@@ -320,7 +321,8 @@ def test_serve_a_folder_without_a_project(tmp_path: Path) -> None:
         assert answer.json()["result"]["dimensions"] == 32
     finally:
         process.send_signal(signal.SIGTERM)
-        stdout, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        stdout, _ = outputs(process)
     assert "from a scratch project in" in stdout
     assert not (tmp_path / "modelmora.toml").exists()  # nothing written where it was run
     assert list((tmp_path / "home").glob("**/scratch/*/modelmora.lock"))

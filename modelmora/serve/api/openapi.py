@@ -219,9 +219,10 @@ SWAGGER_UI = "static/swagger-ui"
 """Where the Swagger UI assets are in `modelmora.serve` (npm's swagger-ui-dist; see its README)."""
 _ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
 PUBLIC_PATHS = frozenset(
-    {"/", "/health", "/openapi.json", "/docs", *(f"/docs/{a}" for a in _ASSETS)}
+    {"/", "/health", "/ready", "/openapi.json", "/docs", *(f"/docs/{a}" for a in _ASSETS)}
 )
-"""What needs no API key: the index, liveness and the API's description, which hold no data."""
+"""What needs no API key: the index, liveness, readiness (probes of Kubernetes and load balancers
+send no credentials) and the API's description, which hold no data."""
 
 
 def document_routes(document: dict[str, Any]) -> list[Route]:

@@ -17,9 +17,10 @@ from modelmora.cache import Cache
 from modelmora.errors import (
     ConflictError,
     InvalidInputError,
+    JobNotFoundError,
     ManifestError,
     ServeError,
-    UnavailableError,
+    UnknownModelError,
 )
 from modelmora.project import InstalledModel, Project
 from modelmora.routing import Route, split_reference
@@ -47,8 +48,13 @@ LOCAL_KINDS = ("folder", "package")
 async def list_versions(request: Request) -> Response:
     """A model's versions (archived ones too), its route, and the history of its routes."""
     state = app_state(request)
-    served_project, connection = _project(state)
     model = request.path_params["name"]
+    if state.project is None:
+        raise UnknownModelError(
+            f"no versions of '{model}' are recorded: this server serves no project",
+            "run `modelmora serve` in a project folder",
+        )
+    served_project, connection = _project(state)
     current = served_project.manifest()
     versions.sync(connection, current, served_project.lock_or_empty())
     return PydanticResponse(versions_body(versions.report(connection, current, model)))
@@ -144,7 +150,9 @@ async def get_registration(request: Request) -> Response:
     """A registration's state: running, done, or failed with the reason."""
     registrations = app_state(request).registrations
     if registrations is None:
-        raise UnavailableError("this server has no project", "serve a project folder")
+        raise JobNotFoundError(
+            f"no registration '{request.path_params['id']}': this server serves no project"
+        )
     return PydanticResponse(_registration(registrations.get(request.path_params["id"])))
 
 
@@ -249,9 +257,11 @@ async def remove_model(request: Request) -> Response:
 
 
 def _project(state: AppState) -> tuple[Project, sqlite3.Connection]:
+    """The project served; a 409 on a server that serves none (`serve SOURCE`, an embedded app),
+    whose models are fixed: a client's request, not the server, is what cannot be done here."""
     if state.project is None or state.registry is None:
-        raise UnavailableError(
-            "this server serves no project, so its models cannot change at run time",
+        raise ConflictError(
+            "this server serves no project, so its models and versions cannot change at run time",
             "run `modelmora serve` in a project folder",
         )
     return state.project, state.registry
