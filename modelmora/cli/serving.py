@@ -38,6 +38,9 @@ def serve(
     task: str | None = typer.Option(None, help="With SOURCE: its task, if it cannot be guessed."),
     host: str | None = typer.Option(None, help="Address to bind [default: 127.0.0.1]."),
     port: int | None = typer.Option(None, help="Port [default: 8000]."),
+    grpc_port: int | None = typer.Option(
+        None, help="Also serve the Open Inference Protocol over gRPC there [default: off]."
+    ),
     max_loaded_models: int | None = typer.Option(None, help="Most models loaded at once (0: any)."),
     memory_budget: str | None = typer.Option(None, help="Memory all workers may use, e.g. 8GB."),
     keep_alive: str | None = typer.Option(None, help="Idle time before unload: 5m, 0, -1 (never)."),
@@ -63,6 +66,7 @@ def serve(
     flags = {
         "host": host,
         "port": port,
+        "grpc_port": grpc_port,
         "max_loaded_models": max_loaded_models,
         "memory_budget": memory_budget,
         "keep_alive": keep_alive,

@@ -25,7 +25,7 @@ from modelmora import __version__, registry, versions
 from modelmora.errors import ModelmoraError, ServeError
 from modelmora.project import Project
 from modelmora.routing import Route
-from modelmora.serve.api import inference, jobs, native, openai
+from modelmora.serve.api import inference, jobs, native, oip, openai
 from modelmora.serve.api import versions as version_routes
 from modelmora.serve.api.auth import AuthMiddleware, KeyRing
 from modelmora.serve.api.http import AppState, handle_http_exception, handle_serve_error
@@ -52,6 +52,7 @@ ENDPOINTS = [
     *version_routes.ENDPOINTS,
     *jobs.ENDPOINTS,
     *openai.ENDPOINTS,
+    *oip.ENDPOINTS,
     METRICS_ENDPOINT,
 ]
 

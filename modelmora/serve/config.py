@@ -44,6 +44,8 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 0
+    """The Open Inference Protocol's gRPC service listens there too (on `host`); 0: it is off."""
     api_key: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
@@ -222,6 +224,7 @@ Section = Literal["server", "supervisor", "config"]
 KEYS: dict[str, tuple[Section, Callable[[Any], Any]]] = {
     "host": ("server", str),
     "port": ("server", _port),
+    "grpc_port": ("server", _port),
     "api_key": ("server", lambda value: str(value) or None),
     "max_body_bytes": ("server", parse_size),
     "job_retention": ("server", _positive_duration),

@@ -1,5 +1,5 @@
 """Tensors of the Open Inference Protocol (KServe v2, Triton): decoding, encoding, and what each
-task takes and gives. Pure: shared by the REST routes (`api/oip.py`) and the gRPC service.
+task takes and gives. Pure: shared by the server (REST and gRPC) and `modelmora.client`.
 
     Tensor(name, datatype, shape, data)      data: a flat, row-major list of Python values
     decode_binary / encode_binary            the binary tensor data extension's bytes
