@@ -1,7 +1,9 @@
 """Development sessions: `nox -s tests`, `nox -s tests_fast`, `nox -s lint`, `nox -s typecheck`,
-`nox -s bench`."""
+`nox -s bench`, `nox -s proto`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -46,3 +48,39 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_package_manager.py")
     session.run("python", "benchmarks/bench_queue.py")
     session.run("python", "benchmarks/bench_server.py")
+
+
+PROTO = Path("modelmora/oip/grpc_predict_v2.proto")
+# The oldest generator whose code the `grpc` extra's lower bounds run (grpcio's and protobuf's
+# generated-code version checks): regenerating with a newer one would raise those bounds.
+GRPC_TOOLS = "grpcio-tools==1.66.2"
+
+
+@nox.session
+def proto(session: nox.Session) -> None:
+    """Regenerate modelmora/oip's gRPC modules from grpc_predict_v2.proto."""
+    session.install(GRPC_TOOLS)
+    folder = str(PROTO.parent)
+    session.run(
+        "python", "-m", "grpc_tools.protoc", f"-I{folder}", f"--python_out={folder}",
+        f"--pyi_out={folder}", f"--grpc_python_out={folder}", str(PROTO),
+    )  # fmt: skip
+    own_pool(PROTO.with_name(f"{PROTO.stem}_pb2.py"))
+    import_within_package(PROTO.with_name(f"{PROTO.stem}_pb2_grpc.py"))
+
+
+def own_pool(module: Path) -> None:
+    """Build the messages in a pool of their own: tritonclient's `grpc_service.proto` declares
+    the same `inference.*` names in the default pool, and both must import in one process."""
+    text = module.read_text()
+    default = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+    assert default in text, f"{module}: the generated code changed; update own_pool"
+    own = "POOL = _descriptor_pool.DescriptorPool()  # modelmora: see noxfile.py own_pool\n"
+    module.write_text(text.replace(default, f"{own}DESCRIPTOR = POOL.AddSerializedFile("))
+
+
+def import_within_package(module: Path) -> None:
+    """protoc writes `import grpc_predict_v2_pb2`, which works only from the module's folder."""
+    text = module.read_text()
+    flat = f"import {PROTO.stem}_pb2 as"
+    module.write_text(text.replace(flat, f"from modelmora.oip import {PROTO.stem}_pb2 as"))
