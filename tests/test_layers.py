@@ -28,6 +28,8 @@ SERVER_PROCESS = [
     "modelmora.serve.client",
 ]
 HEAVY = ("torch", "transformers", "diffusers", "onnxruntime", "sentence_transformers")
+CLIENT = ["modelmora.client"]
+SERVER_FRAMEWORKS = ("starlette", "uvicorn", "grpc", "google.protobuf")
 
 pytestmark = pytest.mark.slow  # a fresh interpreter each
 
@@ -57,3 +59,8 @@ def test_the_package_manager_never_imports_serving_code_or_torch() -> None:
 
 def test_the_server_process_never_imports_torch() -> None:
     assert forbidden_imports(SERVER_PROCESS, HEAVY) == {}
+
+
+def test_the_client_needs_no_server_and_no_torch() -> None:
+    forbidden = (*HEAVY, *SERVER_FRAMEWORKS, "modelmora.serve", "modelmora.oip")
+    assert forbidden_imports(CLIENT, forbidden) == {}

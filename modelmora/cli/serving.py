@@ -126,7 +126,7 @@ def _install_before_serving(current: Project, offline: bool) -> None:
 
 
 def _client(url: str, api_key: str | None) -> Any:
-    from modelmora.serve.client import Client
+    from modelmora.client import Client
 
     return Client(url, api_key=api_key)
 
@@ -162,7 +162,7 @@ def run(
             return
         reply = client.infer(name, text if len(text) > 1 else text[0], **opts)
     if as_json:
-        return emit_json(reply.model_dump(mode="json"))
+        return emit_json(dict(reply.body))
     _print_result(model.task, text, reply.result)
 
 

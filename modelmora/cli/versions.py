@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from modelmora.project import Project
-    from modelmora.serve.client import Client
+    from modelmora.client import Client
     from modelmora.versionjson import RouteBody, RouteUpdateBody, VersionsBody
     from modelmora.versions import RouteUpdate
 
@@ -205,7 +205,7 @@ def _server_url(url: str | None) -> str | None:
 
 
 def _client(url: str, api_key: str | None) -> Client:
-    from modelmora.serve.client import Client
+    from modelmora.client import Client
 
     return Client(url, api_key=api_key)
 

@@ -114,13 +114,30 @@ class JobRunner:
         priority: int,
         timeout: float | None,
         key_name: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
-        """Store the job (on disk when this returns), then queue it."""
-        job = await self.store.create(
-            model, input, priority=priority, timeout=timeout, key_name=key_name
-        )
-        self.add(job)
+        """Store the job (on disk when this returns), then queue it; with an idempotency key this
+        API key sent before, the job it created then, queued already (see `submit_once`)."""
+        job, _ = await self.submit_once(model, input, priority, timeout, key_name, idempotency_key)
         return job
+
+    async def submit_once(
+        self,
+        model: str,
+        input: JobInput,
+        priority: int,
+        timeout: float | None,
+        key_name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """`submit`, and whether the job is new (False: a retry of an earlier submission)."""
+        job, is_new = await self.store.create_once(
+            model, input, priority=priority, timeout=timeout, key_name=key_name,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        if is_new:
+            self.add(job)
+        return job, is_new
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a job whose computation has not started (JobNotCancellableError once it has)."""

@@ -7,6 +7,8 @@
 One file (`.modelmora/jobs.sqlite3` in the project; the path is given) in WAL mode with
 synchronous=FULL: `create()` returns once the job is committed and on disk, so a 202 never lies.
 A file from an older version gets the columns it lacks when opened; its rows read NULL there.
+A job may carry an idempotency key (the client's `Idempotency-Key`): unique per API key, so that a
+second `create()` with the same key returns the first job instead of storing another.
 All SQLite work runs on one dedicated thread with one connection: the event loop never waits on the
 disk, and writes never contend. Finished jobs are removed `retention` seconds after they finish
 (`purge_finished()`); the server calls it now and then.
@@ -35,7 +37,7 @@ JobInput = str | list[str] | dict[str, Any]
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 DEFAULT_RETENTION = 24 * 3600.0
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,13 +53,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
     error TEXT,
-    key_name TEXT
+    key_name TEXT,
+    idempotency_key TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_model ON jobs (model, seq);
 """
-ADDED_COLUMNS = {"key_name": "TEXT"}
+ADDED_COLUMNS = {"key_name": "TEXT", "idempotency_key": "TEXT"}
 """Columns added since the first schema, for files created before them."""
+IDEMPOTENCY_INDEX = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_idempotency_key"
+    " ON jobs (coalesce(key_name, ''), idempotency_key) WHERE idempotency_key IS NOT NULL"
+)
+"""Created once the column is there (older files get it late). NULLs are distinct in a UNIQUE
+index, hence coalesce: requests without a registered key share one scope, ''."""
 T = TypeVar("T")
 
 
@@ -81,6 +90,8 @@ class Job:
     error: Mapping[str, Any] | None
     key_name: str | None = None
     """The API key that submitted the job, whose tokens per minute it spends; None without one."""
+    idempotency_key: str | None = None
+    """The client's `Idempotency-Key`: the same key (and API key) gets this job back."""
 
     @property
     def queue_ms(self) -> float | None:
@@ -140,12 +151,30 @@ class JobStore:
         priority: int = 1,
         timeout: float | None = None,
         key_name: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
         """Store a queued job; when this returns, the job is on disk."""
+        job, _ = await self.create_once(
+            model, input, priority=priority, timeout=timeout, key_name=key_name,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return job
+
+    async def create_once(
+        self,
+        model: str,
+        input: Any,
+        *,
+        priority: int = 1,
+        timeout: float | None = None,
+        key_name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """`create`, and whether the job is new: False when `key_name` already stored a job with
+        this idempotency key, which comes back as it is now (the new one is not stored)."""
         job_id = uuid.uuid4().hex
         row = (job_id, model, _dump(input), priority, timeout, "queued", time.time(), key_name)
-        await self._run(self._insert, row)
-        return await self.get(job_id)
+        return await self._run(self._insert, (*row, idempotency_key))
 
     async def get(self, job_id: str) -> Job:
         return await self._run(self._get, job_id)
@@ -210,6 +239,7 @@ class JobStore:
         self._connection = connection
         with self._transaction():  # `modelmora jobs` may open an old file at the same time
             _add_missing_columns(connection)
+            connection.execute(IDEMPOTENCY_INDEX)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _disconnect(self) -> None:
@@ -222,12 +252,22 @@ class JobStore:
         assert self._connection is not None, "opened by open()"
         return self._connection
 
-    def _insert(self, row: tuple[Any, ...]) -> None:
-        self._db.execute(
-            "INSERT INTO jobs (id, model, input, priority, timeout, state, created_at, key_name)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    def _insert(self, row: tuple[Any, ...]) -> tuple[Job, bool]:
+        """The new job, or the one stored before with the same idempotency key; and if new."""
+        inserted = self._db.execute(
+            "INSERT OR IGNORE INTO jobs (id, model, input, priority, timeout, state, created_at,"
+            " key_name, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
-        )
+        ).rowcount
+        if inserted:
+            return self._get(row[0]), True
+        *_, key_name, idempotency_key = row
+        found = self._db.execute(
+            "SELECT * FROM jobs WHERE coalesce(key_name, '') = ? AND idempotency_key = ?",
+            (key_name or "", idempotency_key),
+        ).fetchone()
+        assert found is not None, "only the idempotency key is unique besides the new id"
+        return _job_from(found), False
 
     def _get(self, job_id: str) -> Job:
         row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -337,6 +377,7 @@ def _job_from(row: sqlite3.Row) -> Job:
         result=_load(row["result"]),
         error=_load(row["error"]),
         key_name=row["key_name"],
+        idempotency_key=row["idempotency_key"],
     )
 
 

@@ -3,6 +3,9 @@ JobRunner (`modelmora.serve.jobrunner`) feeds stored jobs to the scheduler as `r
 
     POST /jobs ──► JobStore (SQLite, committed before the 202) ──► JobRunner ──► Scheduler
     queued ──► running ──► succeeded | failed     DELETE /jobs/{id} until it starts: cancelled
+
+A POST with an `Idempotency-Key` header that the same API key sent before creates nothing: it
+answers 200 with the job that key created (`Idempotent-Replayed: true`), so a client may retry it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelmora.errors import UnavailableError, UnknownModelError
+from modelmora.errors import ConflictError, UnavailableError, UnknownModelError
 from modelmora.serve.api import auth, inference
 from modelmora.serve.api.http import (
     AppState,
@@ -36,6 +39,8 @@ from modelmora.serve.api.schemas import (
 from modelmora.serve.jobrunner import Attempt, JobRunner
 from modelmora.serve.jobstore import Job, JobInput, JobStore
 
+MAX_IDEMPOTENCY_KEY = 255
+
 
 async def create_job(request: Request) -> Response:
     """Queue a job and answer 202 with its id at once; the job is on disk by then.
@@ -48,9 +53,31 @@ async def create_job(request: Request) -> Response:
     name = inference.target(request, body.model).name  # the version is chosen now, and kept
     job_body(state, name, body.input)  # 404 or 422 now, not a failed job later
     priority = inference.request_priority(request, body.priority)
-    job = await runner.submit(name, body.input, priority, body.timeout, auth.key_name(request))
+    key = idempotency_key(request)
+    job, is_new = await runner.submit_once(
+        name, body.input, priority, body.timeout, auth.key_name(request), key
+    )
     headers = {"Location": f"/jobs/{job.id}"}
-    return PydanticResponse(JobInfo.from_job(job), status_code=202, headers=headers)
+    if is_new:
+        return PydanticResponse(JobInfo.from_job(job), status_code=202, headers=headers)
+    if job.input != body.input:
+        raise ConflictError(
+            f"Idempotency-Key '{key}' was sent before with another input, for job '{job.id}'",
+            hint="send a new key for each job, and the same key only when retrying it",
+        )
+    headers["Idempotent-Replayed"] = "true"
+    return PydanticResponse(JobInfo.from_job(job), status_code=200, headers=headers)
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The `Idempotency-Key` header: a retry with the same key gets the first job back."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        message = f"send 1 to {MAX_IDEMPOTENCY_KEY} printable characters, such as a UUID"
+        raise RequestValidationError([FieldError(field="Idempotency-Key", message=message)])
+    return key
 
 
 async def get_job(request: Request) -> Response:

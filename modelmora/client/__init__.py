@@ -1,0 +1,44 @@
+"""A Python client for a running ModelMora server that survives failures.
+
+    with Client("http://127.0.0.1:8000", retry=RetryPolicy(deadline=30)) as client:
+        vectors = client.embed("minilm", ["hello"]).vectors
+
+`Client` (threads) and `AsyncClient` (asyncio) send the same calls (`calls.py`) through the same
+retries and circuit breaker (`resilience.py`). It needs httpx only: no server code, no torch.
+"""
+
+from modelmora.client.aio import AsyncClient, AsyncJobs
+from modelmora.client.errors import CircuitOpenError, ServerUnreachableError
+from modelmora.client.resilience import (
+    BreakerCounters,
+    BreakerState,
+    CircuitBreaker,
+    RetryCounters,
+    RetryEvent,
+    RetryPolicy,
+)
+from modelmora.client.results import Embeddings, Generation, Inference, Job, Prediction, Predictions
+from modelmora.client.sync import Client, Jobs
+from modelmora.client.transport import DEFAULT_URL
+
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncClient",
+    "AsyncJobs",
+    "BreakerCounters",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Client",
+    "Embeddings",
+    "Generation",
+    "Inference",
+    "Job",
+    "Jobs",
+    "Prediction",
+    "Predictions",
+    "RetryCounters",
+    "RetryEvent",
+    "RetryPolicy",
+    "ServerUnreachableError",
+]
