@@ -187,6 +187,17 @@ class TaskTensors:
     """The output tensors of a runtime result."""
 
 
+def conform(spec: Spec, datatype: str, shape: Sequence[int]) -> None:
+    """Refuse an input whose datatype or shape is not what the model declares (-1: any size)."""
+    if datatype != spec.datatype:
+        raise invalid(spec.name, f"datatype is {datatype}; send {spec.datatype}")
+    fits = len(shape) == len(spec.shape) and all(
+        want in (-1, got) for want, got in zip(spec.shape, shape, strict=True)
+    )
+    if not fits:
+        raise invalid(spec.name, f"shape {list(shape)} is not {list(spec.shape)} (-1: any size)")
+
+
 TEXT = "TEXT"
 
 

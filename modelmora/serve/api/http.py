@@ -224,12 +224,17 @@ class PydanticResponse(Response):
         return cast(BaseModel, content).model_dump_json().encode()
 
 
-# Error shapes: one for the native API, OpenAI's own for /v1/*.
+# Error shapes: one for the native API, OpenAI's own for /v1/*, Triton's for /v2/*.
 
 
 def is_openai_path(path: str) -> bool:
     """Whether `path` belongs to the OpenAI-compatible API, which has its own error shape."""
     return path == "/v1" or path.startswith("/v1/")
+
+
+def is_oip_path(path: str) -> bool:
+    """Whether `path` belongs to the Open Inference Protocol, whose errors are `{"error": str}`."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 def error_response(
@@ -242,7 +247,12 @@ def error_response(
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """An error in the shape the API under `path` uses; OpenAI's answers bad input with 400."""
+    """An error in the shape the API under `path` uses; OpenAI's and the Open Inference Protocol
+    answer bad input with 400 (Triton: 400 bad input, 404 unknown model, 503 unavailable)."""
+    if is_oip_path(path):
+        return JSONResponse(
+            {"error": message}, status_code=400 if status == 422 else status, headers=headers
+        )
     if is_openai_path(path):
         status = 400 if status == 422 else status
         body: dict[str, Any] = {

@@ -52,6 +52,8 @@ class Endpoint:
     per_model: Callable[[str], type[BaseModel]] | None = None
     """Document one operation per served model, `{name}` filled in, with this body for its task."""
     operation_id: str = ""
+    binary: bool = False
+    """A success may also be `application/octet-stream`: the binary tensor data extension."""
 
 
 def routes(endpoints: Sequence[Endpoint]) -> list[Route]:
@@ -152,6 +154,9 @@ def _operation(
     if endpoint.stream is not None:
         chunk = refs[endpoint.stream, "serialization"]
         success["content"]["text/event-stream"] = {"schema": _event(chunk)}
+    if endpoint.binary:
+        binary = {"type": "string", "format": "binary", "description": _BINARY}
+        success["content"]["application/octet-stream"] = {"schema": binary}
     responses = {str(endpoint.status): success}
     for status, model in endpoint.also:
         responses[str(status)] = _content("application/json", refs[model, "serialization"])
@@ -170,6 +175,12 @@ def _operation(
         schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
         operation["requestBody"] = {"required": True, **_content("application/json", schema)}
     return operation
+
+
+_BINARY = (
+    "the JSON response, `Inference-Header-Content-Length` bytes long, then the binary outputs' "
+    "bytes in order"
+)
 
 
 def _event(chunk: dict[str, Any]) -> dict[str, Any]:
@@ -219,8 +230,11 @@ SWAGGER_UI = "static/swagger-ui"
 """Where the Swagger UI assets are in `modelmora.serve` (npm's swagger-ui-dist; see its README)."""
 _ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
 PUBLIC_PATHS = frozenset(
-    {"/", "/health", "/ready", "/openapi.json", "/docs", *(f"/docs/{a}" for a in _ASSETS)}
-)
+    {
+        "/", "/health", "/ready", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/docs",
+        *(f"/docs/{a}" for a in _ASSETS),
+    }
+)  # fmt: skip
 """What needs no API key: the index, liveness, readiness (probes of Kubernetes and load balancers
 send no credentials) and the API's description, which hold no data."""
 
