@@ -12,7 +12,7 @@ class CircuitOpenError(UnavailableError):
 
     def __init__(self, url: str, failures: int, seconds_left: float) -> None:
         super().__init__(
-            f"calls to {url} fail fast: its last {failures} calls failed (circuit open)",
+            f"calls to {url} fail fast: its last {failures} attempts failed (circuit open)",
             hint=f"one call goes through as a probe in {seconds_left:.1f} s",
             retry_after=seconds_left,
         )

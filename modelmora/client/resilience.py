@@ -6,9 +6,9 @@
 
 A wait is the server's `Retry-After` when it sends one, else "full jitter": a random time between 0
 and `base_delay * 2**retry`, at most `max_delay`. Nothing waits past the deadline: the last error
-is raised instead. Only calls that change nothing twice are retried after they may have reached the
-server (an idempotent method, or a POST /jobs with its `Idempotency-Key`); a connection that was
-refused never reached it, so any call is tried again then.
+is raised instead, as it is once the breaker has opened. Only calls that change nothing when sent
+twice are retried after they may have reached the server (an idempotent method, or a POST /jobs
+with its `Idempotency-Key`); a refused connection never reached it, so any call is tried again.
 
 The breaker counts failures in a row (a connection error, a timeout, a 5xx); at
 `failure_threshold` it opens, and calls fail fast for `cool_down` seconds; then it half-opens and
@@ -215,7 +215,8 @@ class Attempts:
 
     def _retry(self, reason: str, retry_after: float | None) -> float | None:
         delay = self.policy.backoff(self.count, retry_after)
-        if self.count >= self.policy.max_attempts or delay >= self.time_left():
+        out_of_time = delay >= self.time_left()
+        if self.count >= self.policy.max_attempts or out_of_time or self.breaker.state == "open":
             self.counters.gave_up += 1
             return None
         self.counters.retries += 1
