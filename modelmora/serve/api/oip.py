@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelmora import __version__
-from modelmora.errors import InvalidInputError
+from modelmora.errors import InvalidInputError, UnknownModelError
 from modelmora.oip.schemas import (
     ErrorBody,
     InferRequest,
@@ -53,6 +53,7 @@ from modelmora.oip.tensors import (
     task_tensors,
     to_json,
 )
+from modelmora.routing import VERSION
 from modelmora.serve.api import inference
 from modelmora.serve.api.auth import record_admin, require_admin
 from modelmora.serve.api.http import (
@@ -60,6 +61,7 @@ from modelmora.serve.api.http import (
     RequestValidationError,
     app_state,
     read_body,
+    read_json,
 )
 from modelmora.serve.api.native import record_timing
 from modelmora.serve.api.openapi import Endpoint
@@ -105,6 +107,8 @@ def _reference(request: Request) -> str:
     """The served name the path names: `name`, or `name@version` under `/versions/{version}`."""
     name: str = request.path_params["name"]
     version = request.path_params.get("version")
+    if version is not None and not VERSION.match(version):
+        raise UnknownModelError(f"model '{name}' has no version '{version}'")
     return f"{name}@{version}" if version else name
 
 
@@ -257,6 +261,10 @@ def _native_body(
         )
     fields = {**tensors.body(inputs, parameters), **_queueing(parameters)}
     try:
+        if "max_tokens" in parameters and "max_new_tokens" in parameters:  # the latter counts
+            request_schema(task).model_validate(
+                {**fields, "max_new_tokens": parameters["max_tokens"]}
+            )
         return request_schema(task).model_validate(fields)
     except ValidationError as error:
         raise RequestValidationError.from_pydantic(error) from None
@@ -347,7 +355,7 @@ async def repository_index(request: Request) -> Response:
 
 
 def _optional_body(raw: bytes, schema: type[BaseModel]) -> Any:
-    """An empty body is `{}`: tritonclient sends none."""
+    """An empty body is `{}`: tritonclient's index request has none."""
     try:
         return schema.model_validate_json(raw or b"{}")
     except ValidationError as error:
@@ -375,7 +383,7 @@ async def unload_model(request: Request) -> Response:
 async def _change(request: Request, action: Literal["model.load", "model.unload"]) -> Response:
     actor = require_admin(request)
     schema = LoadRequest if action == "model.load" else UnloadRequest
-    _optional_body(await read_body(request, app_state(request).settings.max_body_bytes), schema)
+    await read_json(request, schema)  # `{}` at least, as tritonclient sends
     supervisor = app_state(request).supervisor
     name: str = request.path_params["name"]
     before = supervisor.status(name).state
