@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 from starlette.applications import Starlette
@@ -44,6 +45,9 @@ from modelmora.serve.registrations import Registrations
 from modelmora.serve.scheduler import Scheduler
 from modelmora.serve.supervisor import ServedModel, Supervisor
 from modelmora.serve.traffic import Shadows, Traffic
+
+if TYPE_CHECKING:
+    from modelmora.serve.grpc.server import GrpcServer
 
 __all__ = ["bind", "create_app", "run_server", "served", "served_models"]
 
@@ -150,16 +154,26 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     await state.supervisor.start()
     if state.jobs is not None:
         await state.jobs.start()
+    grpc_server = None
     try:
+        if state.settings.grpc_port > 0:
+            from modelmora.serve.grpc import server as grpc_server_module
+
+            grpc_server = await grpc_server_module.start(state, app.state.metrics)
         yield
     finally:
-        await _shut_down(state)
+        await _shut_down(state, grpc_server)
 
 
-async def _shut_down(state: AppState) -> None:
-    """uvicorn has drained the HTTP requests: fail what is queued, finish batches, end workers."""
+async def _shut_down(state: AppState, grpc_server: GrpcServer | None = None) -> None:
+    """uvicorn has drained the HTTP requests: drain the gRPC calls (as long), fail what is
+    queued, finish batches, end workers."""
     if state.jobs is not None:
         state.jobs.stop_taking()
+    if grpc_server is not None:
+        from modelmora.serve.grpc.server import stop
+
+        await stop(grpc_server, state.supervisor.settings.drain_timeout)
     await state.scheduler.close(state.supervisor.settings.drain_timeout)
     if state.shadows is not None:
         await state.shadows.close()
@@ -185,6 +199,14 @@ def bind(settings: ServerSettings) -> socket.socket:
     except OSError as error:
         sock.close()
         raise _bind_error(settings, error) from None
+    if settings.grpc_port > 0:
+        from modelmora.serve.grpc.server import check
+
+        try:
+            check(settings)
+        except ModelmoraError:
+            sock.close()
+            raise
     return sock
 
 

@@ -56,8 +56,21 @@ def admission(
     request: Request, arrival: float, priority: int | None, timeout: float | None
 ) -> Admission:
     """The request's priority; its deadline counts from `arrival`, before the body was read."""
-    deadline = app_state(request).supervisor.settings.deadline_after(arrival, timeout)
-    return Admission(request_priority(request, priority), deadline, client_gone(request))
+    queueing = admit(app_state(request), arrival, request_priority(request, priority), timeout)
+    return dataclasses.replace(queueing, is_disconnected=client_gone(request))
+
+
+def admit(
+    state: AppState,
+    arrival: float,
+    priority: int,
+    timeout: float | None,
+    is_disconnected: IsDisconnected | None = None,
+) -> Admission:
+    """How a request of any protocol waits: its deadline `timeout` seconds after `arrival` (else
+    the server's request timeout)."""
+    deadline = state.supervisor.settings.deadline_after(arrival, timeout)
+    return Admission(priority, deadline, is_disconnected)
 
 
 def request_priority(request: Request, priority: int | None) -> int:
@@ -70,16 +83,19 @@ def request_priority(request: Request, priority: int | None) -> int:
 def target(request: Request, reference: str, user: str | None = None) -> Target:
     """Where the request goes: the version `reference` names, or the one its route picks (by the
     route key header, else OpenAI's `user`). The access log, metrics and headers say which."""
-    state = app_state(request)
     key = request.headers.get(ROUTE_KEY_HEADER) or user
-    if state.traffic is not None:
-        found = state.traffic.resolve(reference, key)
-    else:
-        state.supervisor.model(reference)
-        found = Target(reference, reference, None)
+    found = resolve(app_state(request), reference, key)
     request.state.model = found.name
     request.state.version = found.version
     return found
+
+
+def resolve(state: AppState, reference: str, key: str | None = None) -> Target:
+    """The served version for `reference` (`minilm`, `minilm@v2`), routed by `key`; 404 if none."""
+    if state.traffic is not None:
+        return state.traffic.resolve(reference, key)
+    state.supervisor.model(reference)
+    return Target(reference, reference, None)
 
 
 def mirror(state: AppState, found: Target, runtime_request: Result, answer: Result) -> None:

@@ -141,12 +141,13 @@ class Metrics:
             self.shadow_agreement.labels(model, shadow, outcome).inc()
 
     def observe_request(
-        self, endpoint: str, served: str, status: int, seconds: float, timing: Any
+        self, endpoint: str, served: str, status: int | str, seconds: float, timing: Any
     ) -> None:
         """Count one finished request; inference requests also split queue, load and compute.
 
         `served` is what answered (`minilm@v2`): the request metrics carry the model and the
         version apart, so that one query compares versions; the worker metrics carry `served`.
+        A gRPC call's endpoint is `grpc:ModelInfer` and its status the gRPC code (`OK`).
         """
         name, _, version = served.partition("@")
         model = served
