@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool
 
 Parameters = dict[str, Any]
 """A protocol `parameters` object: names to booleans, numbers or strings."""
@@ -112,7 +112,7 @@ class InferResponse(BaseModel):
 class RepositoryIndexRequest(Request):
     """`POST /v2/repository/index`; the body may be empty."""
 
-    ready: bool = False
+    ready: StrictBool = False
 
 
 class RepositoryModel(BaseModel):
@@ -140,7 +140,7 @@ class LoadRequest(Request):
 
 
 class UnloadParameters(Request):
-    unload_dependents: bool = False
+    unload_dependents: StrictBool = False
     """Triton's ensembles; a ModelMora model has no dependents, so it changes nothing."""
 
 
