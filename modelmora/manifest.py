@@ -77,6 +77,10 @@ class ModelSpec(BaseModel):
     max_batch_tokens: int | None = Field(default=None, ge=1)
     max_queue: int | None = Field(default=None, ge=1)
     max_in_flight: int | None = Field(default=None, ge=1)
+    # Ray Serve's autoscaling (`serve --ray`, `export ray`); plain `modelmora serve` ignores them.
+    min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = Field(default=None, ge=1)
+    target_ongoing_requests: float | None = Field(default=None, gt=0)
     # Set by a `[models.NAME.versions.V]` table, never written by hand in a plain table.
     version: str | None = None
     deprecated: bool = False
