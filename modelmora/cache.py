@@ -162,6 +162,10 @@ class Cache:
     def locks(self) -> Path:
         return self._ensure(self.root / "locks")
 
+    def is_read_only(self) -> bool:
+        """A cache that exists but cannot be written: a read-only volume that servers share."""
+        return self.root.is_dir() and not os.access(self.root, os.W_OK)
+
     def _ensure(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -201,6 +205,12 @@ class Cache:
         stores, before they are used. The lease is alive while its `ID.lock` is held, so a
         crashed install's lease is dropped by the next `gc`.
         """
+        if self.is_read_only():
+            raise CacheError(
+                f"the cache {self.root} is read-only",
+                "serve from it with `modelmora serve --frozen --offline`, "
+                "or install where it is writable",
+            )
         name = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
         holder = FileLock(str(self.leases / f"{name}.lock"))
         with holder:

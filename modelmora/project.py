@@ -723,15 +723,24 @@ def check_installed(cache: Cache, model: LockedModel) -> None:
         try:
             size = (snapshot / file.path).stat().st_size
         except FileNotFoundError:
-            raise LockError(
-                f"model '{model.name}' is not installed ({file.path} is missing)",
-                "run `modelmora install`",
-            ) from None
+            raise _not_installed(cache, model.name, file.path) from None
         if size != file.size:
             raise LockError(
                 f"model '{model.name}': {file.path} has {size} bytes, the lock says {file.size}",
                 "run `modelmora cache verify --repair`",
             )
+
+
+def _not_installed(cache: Cache, name: str, path: str) -> LockError:
+    if cache.is_read_only():  # a volume many servers share: installing is done elsewhere
+        return LockError(
+            f"model '{name}' is not installed ({path} is missing) in the read-only cache "
+            f"{cache.root}",
+            "run `modelmora install --frozen` where that cache is writable",
+        )
+    return LockError(
+        f"model '{name}' is not installed ({path} is missing)", "run `modelmora install`"
+    )
 
 
 # --- cache maintenance --------------------------------------------------------------------------
