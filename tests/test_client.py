@@ -22,6 +22,7 @@ import pytest
 from faultproxy import Fault, FaultProxy
 from modelfactory import build_classification_model, build_embedding_model, build_generation_model
 from servers import OUTPUTS, free_port, start_serve, stop, wait_ready
+from waiting import eventually
 
 from modelmora.client import (
     AsyncClient,
@@ -29,6 +30,7 @@ from modelmora.client import (
     CircuitBreaker,
     CircuitOpenError,
     Client,
+    GrpcClient,
     RetryEvent,
     RetryPolicy,
     ServerUnreachableError,
@@ -64,7 +66,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_embedding_model(base / "bert-2", seed=2)
     build_classification_model(base / "cls")
     build_generation_model(base / "gen")
-    root = base / "demo"
+    return project_in(base / "demo")
+
+
+def project_in(root: Path) -> Path:
+    """A project of the models built by `project`: a server each, so none runs another's jobs."""
     root.mkdir()
     (root / "modelmora.toml").write_text(
         '[project]\nname = "demo"\n\n[serve]\nkeep_alive = "10m"\n\n'
@@ -399,3 +405,70 @@ def test_idempotency_keys_are_per_api_key_and_added_to_older_files(tmp_path: Pat
     assert is_new and not again_new and again.id == first.id and first.idempotency_key == "k"
     assert other_key.id != first.id and without.id != first.id
     assert older.idempotency_key is None and older.state == "queued"
+
+
+# the Open Inference Protocol over gRPC
+
+
+@pytest.fixture(scope="module")
+def grpc_target(project: Path) -> Iterator[str]:
+    pytest.importorskip("grpc")
+    port = free_port()
+    grpc_project = project_in(project.parent / "grpc")
+    _, process = start_serve(grpc_project, "--grpc-port", str(port), "--preload", "cls")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+def test_grpc_calls_say_which_version_answered(grpc_target: str) -> None:
+    with GrpcClient(grpc_target, route_key="user-7") as client:
+        assert eventually(client.is_ready, what="the gRPC server to be ready")
+        first = client.embed("bert", ["hello world", "again"])
+        again = client.embed("bert", ["hello world"])
+        pinned = client.embed("bert@v1", ["hello world"])
+        labels = client.classify("cls", "a good movie", top_k=2)
+        generated = client.generate("gen", "hello", max_new_tokens=3, temperature=0.0)
+
+    assert len(first.vectors) == 2 and len(first.vectors[0]) == 32
+    assert (
+        first.version in ("v1", "v2") and again.version == first.version and pinned.version == "v1"
+    )
+    assert {p.label for p in labels} == {"negative", "positive"} and labels.version is None
+    assert generated.text and generated.finish_reason == "length"
+    assert client.counters.retries == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "top_k", "error"),
+    [("nope", None, UnknownModelError), ("cls", 0, InvalidInputError)],
+)
+def test_grpc_no_retry_on_not_found_or_invalid_argument(
+    grpc_target: str, model: str, top_k: int | None, error: type[Exception]
+) -> None:
+    events: list[RetryEvent] = []
+    with (
+        GrpcClient(grpc_target, retry=RetryPolicy(on_retry=events.append)) as client,
+        pytest.raises(error),
+    ):
+        client.classify(model, "x", top_k=top_k)
+    assert events == [] and client.breaker.counters.failures == 0
+
+
+def test_grpc_retries_an_unavailable_server_then_the_breaker_fails_fast() -> None:
+    pytest.importorskip("grpc")
+    events: list[RetryEvent] = []
+    policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, on_retry=events.append)
+    breaker = CircuitBreaker(failure_threshold=2, cool_down=3600)
+    with GrpcClient(f"127.0.0.1:{free_port()}", retry=policy, breaker=breaker) as client:
+        with pytest.raises(ServerUnreachableError, match="--grpc-port"):
+            client.embed("bert", ["nobody listens"])
+        with pytest.raises(CircuitOpenError):
+            client.embed("bert", ["fails fast"])
+    assert [event.reason for event in events] == ["503"] and breaker.state == "open"
+    assert (client.counters.attempts, client.counters.gave_up, breaker.counters.rejected) == (
+        2,
+        1,
+        1,
+    )

@@ -4,11 +4,13 @@
         vectors = client.embed("minilm", ["hello"]).vectors
 
 `Client` (threads) and `AsyncClient` (asyncio) send the same calls (`calls.py`) through the same
-retries and circuit breaker (`resilience.py`). It needs httpx only: no server code, no torch.
+retries and circuit breaker (`resilience.py`). `GrpcClient` speaks the Open Inference Protocol
+over gRPC (`oipgrpc.py`), grpcio imported when one is made. No server code, no torch.
 """
 
 from modelmora.client.aio import AsyncClient, AsyncJobs
 from modelmora.client.errors import CircuitOpenError, ServerUnreachableError
+from modelmora.client.oipgrpc import GrpcClient
 from modelmora.client.resilience import (
     BreakerCounters,
     BreakerState,
@@ -32,6 +34,7 @@ __all__ = [
     "Client",
     "Embeddings",
     "Generation",
+    "GrpcClient",
     "Inference",
     "Job",
     "Jobs",

@@ -196,22 +196,29 @@ class Attempts:
 
     def after_answer(self, response: httpx.Response) -> float | None:
         """After a response: None to keep it, else the wait before the next attempt."""
-        status = response.status_code
+        return self.after_status(response.status_code, retry_after(response))
+
+    def after_status(self, status: int, retry_after: float | None) -> float | None:
+        """After an answer with this HTTP status (a gRPC code maps to one): None or the wait."""
         if status in BREAKER_STATUSES:
             self.breaker.record_failure()
         else:
             self.breaker.record_success()
         if status not in self.policy.statuses or not self.may_resend:
             return None
-        return self._retry(str(status), retry_after(response))
+        return self._retry(str(status), retry_after)
 
     def after_error(self, error: httpx.TransportError) -> float | None:
         """After a connection error or a timeout: None to raise it, else the wait."""
-        self.breaker.record_failure()
         never_sent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
+        return self.after_failure(type(error).__name__, never_sent)
+
+    def after_failure(self, reason: str, never_sent: bool) -> float | None:
+        """After no answer at all: None to raise, else the wait."""
+        self.breaker.record_failure()
         if not (self.may_resend or never_sent):
             return None
-        return self._retry(type(error).__name__, None)
+        return self._retry(reason, None)
 
     def _retry(self, reason: str, retry_after: float | None) -> float | None:
         delay = self.policy.backoff(self.count, retry_after)
