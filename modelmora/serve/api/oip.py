@@ -528,6 +528,7 @@ ENDPOINTS = [
         "POST",
         repository_index,
         request=(RepositoryIndexRequest,),
+        body_optional=True,
         response=RepositoryIndex,
         tag=_TAG,
         error=ErrorBody,

@@ -54,6 +54,8 @@ class Endpoint:
     operation_id: str = ""
     binary: bool = False
     """A success may also be `application/octet-stream`: the binary tensor data extension."""
+    body_optional: bool = False
+    """The body may be left out (Triton's `POST /v2/repository/index`)."""
 
 
 def routes(endpoints: Sequence[Endpoint]) -> list[Route]:
@@ -173,7 +175,8 @@ def _operation(
     if endpoint.request:
         schemas = [refs[model, "validation"] for model in endpoint.request]
         schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
-        operation["requestBody"] = {"required": True, **_content("application/json", schema)}
+        required = not endpoint.body_optional
+        operation["requestBody"] = {"required": required, **_content("application/json", schema)}
     return operation
 
 
