@@ -309,3 +309,41 @@ def test_busy_grpc_port_is_one_line(project: Path) -> None:
         f"error: gRPC port {port} is in use on 127.0.0.1; "
         "pass another --grpc-port, or stop what listens there"
     ]
+
+
+def test_repository_index_load_and_unload(client: triton.InferenceServerClient) -> None:
+    client.load_model("sentiment")
+    index = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
+    assert index[("sentiment", "")] == "READY" and ("vbert", "b") in index
+    client.unload_model("sentiment")
+    index = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
+    assert index[("sentiment", "")] == "UNLOADED"
+    assert status_of(lambda: client.load_model("nope")) == "StatusCode.NOT_FOUND"
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def test_refusals_carry_retry_after_and_retry_info() -> None:
+    from modelmora.serve.grpc.statuses import trailers
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    sent = dict(trailers(code, "over its rate limit", 1.2))
+    assert sent["retry-after"] == "2"
+    details = sent["grpc-status-details-bin"]
+    assert isinstance(details, bytes) and details.startswith(b"\x08\x08\x12\x13over its rate limit")
+    assert b"type.googleapis.com/google.rpc.RetryInfo\x12\x04\n\x02\x08\x02" in details
+    assert trailers(code, "no retry", None) == ()
+
+
+def test_row_chunks_split_every_output_alike() -> None:
+    from modelmora.oip.tensors import Tensor
+    from modelmora.serve.grpc.messages import row_chunks
+
+    labels = Tensor("LABEL", "BYTES", (5, 1), [b"a", b"b", b"c", b"d", b"e"])
+    scores = Tensor("SCORE", "FP32", (5, 1), [0.1, 0.2, 0.3, 0.4, 0.5])
+    chunks = list(row_chunks([labels, scores], 2))
+    assert [start for start, _ in chunks] == [0, 2, 4]
+    assert [part[0].data for _, part in chunks] == [[b"a", b"b"], [b"c", b"d"], [b"e"]]
+    assert [part[1].shape for _, part in chunks] == [(2, 1), (2, 1), (1, 1)]
+    assert list(row_chunks([labels], 0)) == [(0, [labels])]
