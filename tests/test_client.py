@@ -371,6 +371,8 @@ def test_a_half_open_breaker_lets_one_probe_through() -> None:
     breaker.before_call("http://server")  # the probe
     with pytest.raises(CircuitOpenError):
         breaker.before_call("http://server")  # a second caller meanwhile
+    breaker.release_probe()  # the probe was cancelled: neither an answer nor a failure
+    breaker.before_call("http://server")  # another call probes instead
     breaker.record_success()
     breaker.before_call("http://server")
     assert breaker.state == "closed"

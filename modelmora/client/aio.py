@@ -125,6 +125,9 @@ class AsyncClient:
                     raise gave_up(self.url, error, attempts) from None
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                attempts.abandon()
+                raise
             delay = attempts.after_answer(response)
             if delay is None:
                 return response

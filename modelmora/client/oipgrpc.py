@@ -138,6 +138,9 @@ class GrpcClient:
                     raise _error(self.target, error, status, retry_after) from None
                 time.sleep(delay)
                 continue
+            except BaseException:
+                attempts.abandon()
+                raise
             attempts.after_status(200, None)
             return answer
 

@@ -136,6 +136,12 @@ class CircuitBreaker:
                 self.opened_at = self.clock()
                 changes.append(self._become("open"))
 
+    def release_probe(self) -> None:
+        """A call that ended with neither an answer nor a failure (cancelled, say): if it was the
+        probe, the next call may probe instead."""
+        with self._lock:
+            self.is_probing = False
+
     @contextlib.contextmanager
     def _changing(self) -> Iterator[list[tuple[BreakerState, BreakerState]]]:
         """Under the lock; the hook hears of the changes after it, so that it may call us."""
@@ -190,6 +196,10 @@ class Attempts:
         self.count += 1
         self.counters.attempts += 1
         return max(min(self.timeout, self.time_left()), 0.001)
+
+    def abandon(self) -> None:
+        """The attempt ended otherwise (an exception of the caller's, a cancellation)."""
+        self.breaker.release_probe()
 
     def time_left(self) -> float:
         return self.policy.deadline - (self.clock() - self.started)

@@ -163,6 +163,9 @@ class Client:
                     raise gave_up(self.url, error, attempts) from None
                 time.sleep(delay)
                 continue
+            except BaseException:
+                attempts.abandon()
+                raise
             delay = attempts.after_answer(response)
             if delay is None:
                 return response
