@@ -53,6 +53,12 @@ def serve(
     log_file: str | None = typer.Option(None, help="Also write the log there (JSON lines)."),
     frozen: bool = typer.Option(False, "--frozen", help="Never lock or install; fail instead."),
     offline: bool = typer.Option(False, help="Install from the cache only."),
+    ray: bool = typer.Option(
+        False, "--ray", help="Deploy onto Ray Serve (pip install 'modelmora[ray]')."
+    ),
+    ray_address: str | None = typer.Option(
+        None, envvar="RAY_ADDRESS", help="With --ray: the cluster [default: start a local one]."
+    ),
 ) -> None:
     """Serve the project's models, or one SOURCE, over HTTP (native and OpenAI-compatible APIs)."""
     import os
@@ -81,6 +87,13 @@ def serve(
     table, where = (manifest.serve, manifest.path.name) if manifest else ({}, "SOURCE")
     settings = config.resolve(flags, os.environ, table, where)
     settings = settings.quiet() if options.quiet else settings
+    if ray:  # Ray Serve's proxies listen, on every node: see modelmora/ray
+        from modelmora.ray import serve_on_ray
+
+        current = current or _scratch_project(str(source), task, offline)
+        if not frozen:
+            _install_before_serving(current, offline)
+        return serve_on_ray(current, settings, ray_address, say)
     sock = bind(settings.server)  # a port in use fails here, before installing or starting
     if current is None:
         current = _scratch_project(str(source), task, offline)
