@@ -12,6 +12,7 @@ import typer
 
 from modelmora import __version__
 from modelmora.cli.app import app, current_project, say, warn
+from modelmora.ray.export import export_ray  # noqa: TID253 - imports no ray: the config's plan only
 
 export_app = typer.Typer(
     help="Write Kubernetes manifests (a Helm chart, KServe resources) for the project.",
@@ -68,3 +69,6 @@ def _warn_local(models: tuple[str, ...], fix: str) -> None:
         warn(
             f"{names}: from a local folder, which `modelmora install` in a pod cannot reach; {fix}"
         )
+
+
+export_app.command("ray")(export_ray)

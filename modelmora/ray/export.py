@@ -46,15 +46,15 @@ def dumps(config: dict[str, Any]) -> str:
 
 def export_ray(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write here, not to stdout."),
-    project_path: Path | None = typer.Option(
-        None, "--project", help="The project's path on the cluster's nodes [default: this one]."
+    deployed_at: Path | None = typer.Option(
+        None, help="Where the cluster's nodes see the project [default: where it is here]."
     ),
     port: int = typer.Option(DEFAULT_PORT, help="The port Serve's HTTP proxy listens on."),
 ) -> None:
     """Write a Ray Serve config (`serve deploy`-able) for the project: one deployment per model."""
     from modelmora.cli.app import current_project
 
-    text = dumps(serve_config(current_project().root, project_path, port))
+    text = dumps(serve_config(current_project().root, deployed_at, port))
     if output is None:
         typer.echo(text, nl=False)
     else:
