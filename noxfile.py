@@ -1,5 +1,5 @@
 """Development sessions: `nox -s tests`, `nox -s tests_fast`, `nox -s lint`, `nox -s typecheck`,
-`nox -s bench`, `nox -s proto`."""
+`nox -s bench`, `nox -s proto`, `nox -s ray`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,13 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy --strict."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """Run tests/ray on a local Ray Serve cluster, apart: ray[serve] needs protobuf 7, dev < 7."""
+    session.install("torch==2.13.0", "-e", ".[serve,ray]", "pytest>=8", "pytest-timeout>=2.3")
+    session.run("pytest", "tests/ray", *session.posargs, env={"RAY_AUTH_MODE": "disabled"})
 
 
 @nox.session
