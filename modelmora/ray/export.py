@@ -2,7 +2,8 @@
 
 One application, `modelmora` at `/`, imported from `modelmora.ray.app:build` with the project's
 path as its args (the path the cluster's nodes see the project at), and one deployment per served
-name with its replicas or autoscaling from the manifest. Imports neither ray nor serving code.
+name with its replicas or autoscaling from the manifest. Imports neither ray nor serving code, and
+the project's modules only when it runs: the CLI imports this module at its start.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-from modelmora.ray import plan
 
 DEFAULT_PORT = 8000
 
@@ -23,6 +22,7 @@ def serve_config(
     """The Serve config (ServeDeploySchema's fields) of the project at `root`, which the cluster's
     nodes see at `deployed_at` (default: the same path)."""
     from modelmora.project import Project
+    from modelmora.ray import plan
 
     models = plan.planned_models(Project(root))
     deployments = [{"name": plan.INGRESS, "num_replicas": 1}]
