@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelmora.errors import InvalidInputError
+from modelmora.vectors import Vectors
 
 Value = Any
 """A tensor element: float, int, bool or bytes (BYTES)."""
@@ -49,6 +50,16 @@ class Tensor:
     shape: tuple[int, ...]
     data: list[Value]
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    raw: bytes | None = None
+    """The binary form already (little-endian, row-major), and then `data` is left empty: an
+    output that came packed from the worker is sent as is (`modelmora.vectors`)."""
+
+    @property
+    def values(self) -> list[Value]:
+        """The elements, from `raw` when the tensor has only that."""
+        if self.raw is None:
+            return self.data
+        return decode_binary(self.name, self.datatype, self.shape, self.raw).data
 
     @property
     def size(self) -> int:
@@ -118,8 +129,8 @@ def as_number(name: str, datatype: str, item: Any) -> Value:
 def to_json(tensor: Tensor) -> list[Value]:
     """The flat JSON data of a tensor: BYTES as UTF-8 text (undecodable bytes replaced)."""
     if tensor.datatype == "BYTES":
-        return [value.decode(errors="replace") for value in tensor.data]
-    return list(tensor.data)
+        return [value.decode(errors="replace") for value in tensor.values]
+    return list(tensor.values)
 
 
 def decode_binary(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Tensor:
@@ -152,6 +163,8 @@ def split_bytes(name: str, raw: bytes) -> list[bytes]:
 
 def encode_binary(tensor: Tensor) -> bytes:
     """A tensor's bytes for the binary extension (and gRPC's `raw_output_contents`)."""
+    if tensor.raw is not None:
+        return tensor.raw
     if tensor.datatype == "BYTES":
         return b"".join(struct.pack("<I", len(value)) + value for value in tensor.data)
     fmt = FORMATS[tensor.datatype]
@@ -224,6 +237,10 @@ def embedding_body(inputs: Mapping[str, Tensor], parameters: Parameters) -> dict
 
 
 def embedding_outputs(result: Mapping[str, Any]) -> list[Tensor]:
+    if isinstance(result["embeddings"], Vectors):  # packed by the worker: sent as they are
+        packed: Vectors = result["embeddings"]
+        shape = (len(packed), packed.dimensions)
+        return [Tensor("EMBEDDING", "FP32", shape, [], raw=packed.data)]
     vectors: list[list[float]] = result["embeddings"]
     dimensions = len(vectors[0]) if vectors else int(result.get("dimensions", 0))
     flat = [value for vector in vectors for value in vector]

@@ -45,6 +45,7 @@ from modelmora.serve.protocol import (
     pack,
     unpack_to_template,
 )
+from modelmora.vectors import pack_result
 
 PR_SET_PDEATHSIG = 1
 
@@ -145,7 +146,7 @@ class RequestLoop:
                     {"kind": "end", "id": request_id, "wait_ms": wait_ms, "compute_ms": end_ms}
                 )
             else:
-                result = self.runtime.infer(item["request"])
+                result = dict(pack_result(self.runtime.infer(item["request"])))
                 self.channel.send(
                     {
                         "kind": "result",

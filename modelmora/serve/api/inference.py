@@ -28,6 +28,7 @@ from modelmora.serve.batching import Batch, BatchOutput
 from modelmora.serve.scheduler import LOW, IsDisconnected, OnStart, parse_priority
 from modelmora.serve.supervisor import InferenceResult, Supervisor
 from modelmora.serve.traffic import SHADOW_TIMEOUT, Target
+from modelmora.vectors import Vectors, unpack_result
 
 PER_INPUT = {"embedding": "embeddings", "text-classification": "predictions"}
 """The batched tasks, and the result field that has one entry per input."""
@@ -110,7 +111,7 @@ def mirror(state: AppState, found: Target, runtime_request: Result, answer: Resu
         return shadowed
 
     task = state.supervisor.model(found.name).task
-    state.shadows.mirror(found, task, answer, run)
+    state.shadows.mirror(found, task, unpack_result(answer), run)
 
 
 def is_batched(task: str) -> bool:
@@ -123,16 +124,28 @@ async def infer(
     runtime_request: Result,
     queueing: Admission,
     keep_alive: float | None = None,
+    packed: bool = False,
 ) -> InferenceResult:
-    """One request through the scheduler, batched when its task allows."""
+    """One request through the scheduler, batched when its task allows.
+
+    Embeddings come back as lists of floats for a JSON answer; `packed` keeps them as the worker
+    sent them, float32 bytes (`modelmora.vectors.Vectors`), for a binary one.
+    """
     task = state.supervisor.model(name).task
     if is_batched(task):
-        return await infer_batched(state, name, task, runtime_request, queueing, keep_alive)
-    async with state.scheduler.turn(name, **vars(queueing)) as turn:
-        outcome = await state.supervisor.infer(
-            name, runtime_request, timeout=seconds_until(queueing.deadline), keep_alive=keep_alive
-        )
-    return dataclasses.replace(outcome, queue_ms=outcome.queue_ms + turn.queue_ms)
+        outcome = await infer_batched(state, name, task, runtime_request, queueing, keep_alive)
+    else:
+        async with state.scheduler.turn(name, **vars(queueing)) as turn:
+            outcome = await state.supervisor.infer(
+                name,
+                runtime_request,
+                timeout=seconds_until(queueing.deadline),
+                keep_alive=keep_alive,
+            )
+        outcome = dataclasses.replace(outcome, queue_ms=outcome.queue_ms + turn.queue_ms)
+    if packed:
+        return outcome
+    return dataclasses.replace(outcome, result=unpack_result(outcome.result))
 
 
 async def infer_batched(
@@ -193,6 +206,8 @@ async def dispatch(supervisor: Supervisor, batch: Batch) -> BatchOutput:
 def split(result: Result, field: str, count: int) -> list[Result]:
     """One record per input: its entry of `field`, its tokens, and the fields all inputs share."""
     values = result.get(field)
+    if isinstance(values, Vectors):
+        values = values.rows()
     if not isinstance(values, list) or len(values) != count:
         raise ServeError(f"the runtime answered no list with one '{field}' per input ({count})")
     own = (field, INPUT_TOKENS, "prompt_tokens")
@@ -212,7 +227,9 @@ def guessed_tokens(result: Result, count: int) -> list[int]:
 def join(records: Sequence[Result], field: str) -> Result:
     """A request's result from its inputs' records, as the runtime would have answered it alone."""
     result = {key: value for key, value in records[0].items() if key != INPUT_TOKENS}
-    result[field] = [record[field] for record in records]
+    values = [record[field] for record in records]
+    packed = all(isinstance(value, Vectors) for value in values)
+    result[field] = Vectors.join(values) if packed and values else values
     result["prompt_tokens"] = sum(record[INPUT_TOKENS] for record in records)
     return result
 

@@ -168,7 +168,7 @@ async def _infer(request: Request) -> Response:
     native = _native_body(task, tensors, _inputs(tensors, body, binary), parameters)
     queueing = inference.admission(request, arrival, native.priority, native.timeout)
     runtime = native.to_runtime()
-    outcome = await inference.infer(state, found.name, runtime, queueing)
+    outcome = await inference.infer(state, found.name, runtime, queueing, packed=True)
     record_timing(request, outcome)
     inference.mirror(state, found, runtime, outcome.result)
     produced = {tensor.name: tensor for tensor in tensors.outputs_of(outcome.result)}

@@ -4,12 +4,13 @@ always as `raw_output_contents` (what tritonclient reads), large outputs in row 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from modelmora.errors import InvalidInputError
 from modelmora.oip import grpc_predict_v2_pb2 as pb
-from modelmora.oip.tensors import Tensor, check, decode_binary, encode_binary, invalid
+from modelmora.oip.tensors import FORMATS, Tensor, check, decode_binary, encode_binary, invalid
 
 CONTENTS = {
     "BOOL": "bool_contents",
@@ -109,5 +110,11 @@ def row_chunks(outputs: Sequence[Tensor], rows: int) -> Iterator[tuple[int, list
 
 def rows_of(tensor: Tensor, start: int, end: int) -> Tensor:
     per_row = math.prod(tensor.shape[1:])
+    shape = (end - start, *tensor.shape[1:])
+    if tensor.raw is not None:  # fixed-size elements: rows are byte ranges
+        size = per_row * struct.calcsize("<" + FORMATS[tensor.datatype])
+        return Tensor(
+            tensor.name, tensor.datatype, shape, [], raw=tensor.raw[start * size : end * size]
+        )
     data = tensor.data[start * per_row : end * per_row]
-    return Tensor(tensor.name, tensor.datatype, (end - start, *tensor.shape[1:]), data)
+    return Tensor(tensor.name, tensor.datatype, shape, data)

@@ -146,7 +146,7 @@ class InferenceService:
         queueing = self.admission(options, arrival, context)
         runtime = options.to_runtime()
         outcome = await inference.infer(
-            self.state, found.name, runtime, queueing, options.keep_alive
+            self.state, found.name, runtime, queueing, options.keep_alive, packed=True
         )
         call.timing, call.tokens = outcome, call.tokens + tokens_used_by(outcome.result)
         inference.mirror(self.state, found, runtime, outcome.result)
