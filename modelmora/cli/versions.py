@@ -20,8 +20,8 @@ from modelmora.errors import InvalidInputError
 if TYPE_CHECKING:
     import sqlite3
 
-    from modelmora.project import Project
     from modelmora.client import Client
+    from modelmora.project import Project
     from modelmora.versionjson import RouteBody, RouteUpdateBody, VersionsBody
     from modelmora.versions import RouteUpdate
 
