@@ -5,6 +5,7 @@ nothing: gevent's monkey patching is never applied, so these run in the test pro
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import modelfactory
@@ -15,6 +16,7 @@ from liveserver import serve
 from tritonclient.utils import InferenceServerException
 from waiting import eventually
 
+from modelmora.routing import Route
 from modelmora.serve.app import create_app
 from modelmora.serve.config import ServerSettings, SupervisorSettings
 from modelmora.serve.supervisor import ServedModel, Supervisor
@@ -173,3 +175,34 @@ def test_repository(client: triton.InferenceServerClient) -> None:
     client.unload_model("cls")
     index = {entry["name"]: entry for entry in client.get_model_repository_index()}
     assert index["cls"]["state"] == "UNAVAILABLE"
+
+
+def test_versions_and_an_api_key_through_tritonclient(tmp_path: Path) -> None:
+    """`model_version` reaches `name@version`, the route answers a bare name, and the key goes
+    in tritonclient's `headers`: without it, the call is refused with our message."""
+    build = modelfactory.build_embedding_model
+    models = [ServedModel(f"emb@v{n}", "embedding", build(tmp_path / f"v{n}", n)) for n in (1, 2)]
+    supervisor = Supervisor(models, SupervisorSettings(request_timeout=60))
+    app = create_app(
+        supervisor,
+        ServerSettings(access_log=False, api_key="sesame"),
+        routes={"emb": Route({"v1": 100})},
+    )
+    key = {"Authorization": "Bearer sesame"}  # copied per call: tritonclient adds its own to it
+    with serve(app) as base_url, triton.InferenceServerClient(base_url[len("http://") :]) as client:
+        texts = [texts_input(["hello"], binary=True)]
+        routed = client.infer("emb", texts, headers=dict(key))
+        pinned = client.infer("emb", texts, model_version="v2", headers=dict(key))
+        native = httpx.post(f"{base_url}/infer/emb@v2", json={"inputs": ["hello"]}, headers=key)
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("emb", texts)
+        metadata = client.get_model_metadata("emb", model_version="v2", headers=dict(key))
+
+    assert routed.get_response()["model_version"] == "v1"
+    assert pinned.get_response()["model_version"] == "v2"
+    v2 = native.json()["result"]["embeddings"][0]
+    assert np.allclose(pinned.as_numpy("EMBEDDING")[0], v2, atol=1e-6)
+    assert not np.allclose(routed.as_numpy("EMBEDDING")[0], v2, atol=1e-3)
+    assert refused.value.status() == "401" or "401" in str(refused.value)
+    assert "API key" in str(refused.value) or "api key" in str(refused.value).lower()
+    assert metadata["name"] == "emb"
