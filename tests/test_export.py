@@ -149,6 +149,16 @@ def test_a_statefulset_keeps_its_cache_on_a_claim(chart: Path) -> None:
         render(chart, {"workload": "StatefulSet", "cache": {"existingClaim": "models"}})
 
 
+@pytest.mark.parametrize(
+    "values",
+    [{"workload": "Deploy"}, {"replicas": 0}, {"autoscaling": {"maxReplicas": "many"}}],
+    ids=["workload", "replicas", "autoscaling"],
+)
+def test_helm_refuses_values_that_break_the_schema(chart: Path, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError, match="values don't meet the specifications"):
+        render(chart, values)
+
+
 def test_the_hpa_scales_on_cpu_and_queue_depth(chart: Path) -> None:
     values = {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 9}}
     hpa = render(chart, values)["HorizontalPodAutoscaler"]["spec"]
@@ -169,7 +179,7 @@ def test_exports_are_deterministic(locked_project: Path, cli_run: CliRun) -> Non
         return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     first = exported()
-    assert first == exported() and len(first) == 14
+    assert first == exported() and len(first) == 15
 
 
 def test_a_stale_lock_is_one_line(locked_project: Path, cli_run: CliRun) -> None:

@@ -2,11 +2,13 @@
 
 The templates are Helm source kept beside this module (`chart/templates/`); what varies per
 project is written here: `Chart.yaml`, `values.yaml` (built by `values`, a pure function) and the
-project's `modelmora.toml` and `modelmora.lock` under `files/`, which the chart's ConfigMap holds.
+project's `modelmora.toml` and `modelmora.lock` under `files/`, which the chart's ConfigMap holds,
+and `values.schema.json`, which Helm checks the values against.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -73,6 +75,45 @@ def values(project: Deployable, options: ChartOptions) -> dict[str, Any]:
     }
 
 
+def values_schema() -> dict[str, Any]:
+    """values.schema.json: Helm refuses values that break it, at install, upgrade and lint."""
+    text, count = {"type": "string"}, {"type": "integer", "minimum": 1}
+    port = {"type": "integer", "minimum": 0, "maximum": 65535}
+    secret = _object({"secretName": text, "key": text})
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **_object(
+            {
+                "workload": {"enum": ["Deployment", "StatefulSet"]},
+                "replicas": count,
+                "server": _object({"httpPort": {**port, "minimum": 1}, "grpcPort": port}),
+                "cache": _object(
+                    {
+                        "size": text,
+                        "storageClass": text,
+                        "existingClaim": text,
+                        "readOnlyInServer": {"type": "boolean"},
+                    }
+                ),
+                "apiKey": secret,
+                "hfToken": secret,
+                "autoscaling": _object(
+                    {
+                        "enabled": {"type": "boolean"},
+                        "minReplicas": count,
+                        "maxReplicas": count,
+                        "targetCPUUtilizationPercentage": count,
+                    }
+                ),
+            }
+        ),
+    }
+
+
+def _object(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
 def write_chart(project: Deployable, output: Path, options: ChartOptions) -> list[Path]:
     """Write the chart into `output` (made if missing); the files written, sorted."""
     templates = output / "templates"
@@ -83,6 +124,7 @@ def write_chart(project: Deployable, output: Path, options: ChartOptions) -> lis
     _write(output / "files" / "modelmora.lock", project.lock_text)
     write_yaml(output / "Chart.yaml", [chart_metadata(project)])
     write_yaml(output / "values.yaml", [values(project, options)])
+    _write(output / "values.schema.json", json.dumps(values_schema(), indent=2) + "\n")
     return sorted(path for path in output.rglob("*") if path.is_file())
 
 
