@@ -5,7 +5,9 @@
 Starts `python -m modelmora serve --grpc-port` in a temporary project with two models:
 
 - `wide`: an embedding runtime that does no work (`WideRuntime` below: RecordingRuntime's
-  contract, 384 zeros-and-halves per input, no file written) and batches up to 10,000 inputs, so
+  contract, 384 zeros-and-halves per input as a float32 array (the form a runtime that keeps its
+  tensor returns, packed by the worker without touching a number: modelmora/vectors.py), no file
+  written) and batches up to 10,000 inputs, so
   that only the transport shows. Its rows: the embeddings of 10,000 inputs (15.36 MB of FP32;
   5 requests of 2,000, as the embedding schema takes at most 2,048 inputs a request) to 1 and to
   10 concurrent clients, each fetching them `--large` times one after the other: over a gRPC stream
@@ -41,11 +43,13 @@ class WideRuntime(RecordingRuntime):
     """An embedding of `dimensions` numbers per input, at no cost: the transport's benchmark."""
 
     def infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
         texts: list[str] = request["inputs"]
         dimensions = int(self.options.get("dimensions", DIMENSIONS))
-        row = [0.5 if i % 2 else 0.0 for i in range(dimensions)]
-        return {
-            "embeddings": [row] * len(texts),
+        row = np.array([0.5 if i % 2 else 0.0 for i in range(dimensions)], dtype=np.float32)
+        return {  # a float32 array, as a runtime that keeps its tensor returns it
+            "embeddings": np.tile(row, (len(texts), 1)),
             "dimensions": dimensions,
             "prompt_tokens": len(texts),
             "input_tokens": [1] * len(texts),

@@ -5,7 +5,8 @@ embeddings of 384 numbers are 3.8 million of them. Packed, they are one 15 MB by
 worker packs what its runtime returned (`pack_result`), the scheduler slices a batch's rows per
 request and joins them back without touching a number, and only an API that answers in JSON
 turns them into lists (`unpack_result`); the Open Inference Protocol sends the bytes as they are.
-The numbers are the runtime's own float32 values: packing loses nothing.
+The numbers are the runtime's own float32 values: packing loses nothing. A runtime may return its
+embeddings as a list of rows or as a 2-D float32 array (numpy's): the array is packed as it is.
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ class Vectors:
     dimensions: int
 
     @classmethod
-    def pack(cls, rows: Sequence[Sequence[float]]) -> Vectors:
+    def pack(cls, rows: Any) -> Vectors:
+        """From a list of rows of numbers, or from a 2-D array (numpy's, or any object with
+        `shape` and `tobytes`, as a runtime that keeps its tensor may return): then no number
+        is touched at all."""
+        if hasattr(rows, "tobytes") and len(getattr(rows, "shape", ())) == 2:
+            return cls._from_array(rows)
         dimensions = len(rows[0]) if rows else 0
         numbers = array.array("f", itertools.chain.from_iterable(rows))
         if len(numbers) != dimensions * len(rows):
@@ -39,21 +45,43 @@ class Vectors:
         return cls(numbers.tobytes(), dimensions)
 
     @classmethod
-    def join(cls, parts: Sequence[Vectors]) -> Vectors:
-        dimensions = parts[0].dimensions if parts else 0
-        return cls(b"".join(part.data for part in parts), dimensions)
+    def _from_array(cls, array_2d: Any) -> Vectors:
+        if str(getattr(array_2d, "dtype", "")) != "float32":
+            array_2d = array_2d.astype("float32")
+        if getattr(array_2d.dtype, "byteorder", "=") == ">":  # pragma: no cover
+            array_2d = array_2d.byteswap()
+        return cls(array_2d.tobytes(order="C"), int(array_2d.shape[1]))
+
+    @classmethod
+    def join(cls, parts: Sequence[Row]) -> Vectors:
+        """The rows together again; runs of consecutive rows of one batch are one slice each, so
+        a request that had a batch to itself gets that batch's bytes without a copy per row."""
+        if not parts:
+            return cls(b"", 0)
+        pieces: list[bytes] = []
+        start = 0
+        for at in range(1, len(parts) + 1):
+            ends = at == len(parts) or not parts[at].follows(parts[at - 1])
+            if ends:
+                pieces.append(
+                    parts[start].source.slice(parts[start].index, parts[at - 1].index + 1)
+                )
+                start = at
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return cls(data, parts[0].source.dimensions)
+
+    def slice(self, first: int, end: int) -> bytes:
+        size = ITEM * self.dimensions
+        if first == 0 and end * size == len(self.data):
+            return self.data
+        return self.data[first * size : end * size]
 
     def __len__(self) -> int:
         return len(self.data) // (ITEM * self.dimensions) if self.dimensions else 0
 
-    def rows(self) -> list[Vectors]:
-        """One `Vectors` per row (slices of the bytes)."""
-        size = ITEM * self.dimensions
-        view = memoryview(self.data)
-        return [
-            Vectors(bytes(view[at : at + size]), self.dimensions)
-            for at in range(0, len(self.data), size)
-        ]
+    def rows(self) -> list[Row]:
+        """One reference per row; no bytes are copied until the rows are joined."""
+        return [Row(self, index) for index in range(len(self))]
 
     def tolist(self) -> list[list[float]]:
         numbers = array.array("f")
@@ -65,9 +93,22 @@ class Vectors:
         return [flat[at : at + step] for at in range(0, len(flat), step)] if step else []
 
 
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Row `index` of `source`: what the scheduler hands each input of a batch."""
+
+    source: Vectors
+    index: int
+
+    def follows(self, previous: Row) -> bool:
+        return self.source is previous.source and self.index == previous.index + 1
+
+
 def pack_result(result: Mapping[str, Any]) -> Mapping[str, Any]:
     """A runtime's result with its embeddings packed, when it has a list of rows of numbers."""
     rows = result.get(FIELD)
+    if hasattr(rows, "tobytes") and len(getattr(rows, "shape", ())) == 2:
+        return {**result, FIELD: Vectors.pack(rows)}
     if not isinstance(rows, list) or not rows or not isinstance(rows[0], list):
         return result
     try:

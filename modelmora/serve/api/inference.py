@@ -28,7 +28,7 @@ from modelmora.serve.batching import Batch, BatchOutput
 from modelmora.serve.scheduler import LOW, IsDisconnected, OnStart, parse_priority
 from modelmora.serve.supervisor import InferenceResult, Supervisor
 from modelmora.serve.traffic import SHADOW_TIMEOUT, Target
-from modelmora.vectors import Vectors, unpack_result
+from modelmora.vectors import Row, Vectors, unpack_result
 
 PER_INPUT = {"embedding": "embeddings", "text-classification": "predictions"}
 """The batched tasks, and the result field that has one entry per input."""
@@ -228,7 +228,7 @@ def join(records: Sequence[Result], field: str) -> Result:
     """A request's result from its inputs' records, as the runtime would have answered it alone."""
     result = {key: value for key, value in records[0].items() if key != INPUT_TOKENS}
     values = [record[field] for record in records]
-    packed = all(isinstance(value, Vectors) for value in values)
+    packed = all(isinstance(value, Row) for value in values)
     result[field] = Vectors.join(values) if packed and values else values
     result["prompt_tokens"] = sum(record[INPUT_TOKENS] for record in records)
     return result
