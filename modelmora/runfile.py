@@ -31,6 +31,17 @@ def announced(root: Path, url: str) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
+def is_writable(root: Path) -> bool:
+    """Whether the project's `.modelmora/` can be written (made, if missing): a server from a
+    read-only project folder still serves, without what it would store there."""
+    folder = root / RUN_FILE.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
 def running_url(root: Path) -> str | None:
     """The URL of the server running for the project at `root`, or None."""
     try:

@@ -138,3 +138,31 @@ def test_installing_into_a_read_only_cache_is_one_line(installed: tuple[Path, Pa
         f"error: the cache {cache} is read-only; serve from it with "
         "`modelmora serve --frozen --offline`, or install where it is writable"
     ]
+
+
+def test_a_read_only_project_folder_serves_without_what_it_would_store(
+    installed: tuple[Path, Path],
+) -> None:
+    """The project folder read-only too (a ConfigMap mounted as is): no jobs, keys or run-time
+    changes, one warning line, and the models answer."""
+    root, cache = installed
+    port = free_port()
+    files = (root.parent / "out.log").open("w+"), (root.parent / "err.log").open("w+")
+    process = subprocess.Popen(
+        read_only(serve_command("--port", str(port)), cache, root),
+        cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=files[0], stderr=files[1], text=True,
+    )  # fmt: skip
+    OUTPUTS[process.pid] = files
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, process)
+        reply = httpx.post(f"{url}/infer/bert", json={"inputs": "hi"}, timeout=60)
+        jobs = httpx.post(f"{url}/jobs", json={"model": "bert", "input": {"inputs": ["x"]}})
+    finally:
+        _, err = stop(process)
+    assert reply.status_code == 200, reply.text
+    assert jobs.status_code == 503  # no jobs file where nothing may be written
+    assert "is read-only: serving without async jobs" in err, err
+    assert "Traceback" not in err, err
+    assert not (root / ".modelmora").exists()

@@ -17,6 +17,7 @@ from modelmora.cli.app import (
     options,
     plural,
     say,
+    warn,
 )
 from modelmora.errors import ModelmoraError
 
@@ -105,6 +106,13 @@ def serve(
     host = f"[{server.host}]" if ":" in server.host else server.host
     url = f"http://{host}:{server.port}"
     say(f"Serving {plural(len(models), 'model')} on {url}")
+    if not runfile.is_writable(current.root):
+        warn(
+            f"{current.root / '.modelmora'} is read-only: serving without async jobs, the "
+            "project's API keys and audit, and run-time model changes"
+        )
+        run_server(models, settings, None, sock, None, None)
+        return
     with runfile.announced(current.root, url):
         run_server(models, settings, current.jobs_path, sock, current.registry_path, current.root)
 
