@@ -112,11 +112,30 @@ def serve_on_ray(
         where = address or "a local Ray cluster"
         say(f"Serving on Ray Serve ({where}) at http://{host}:{port}; Ctrl+C stops")
         wait_for_stop()
-        serve.delete(plan.APP_NAME)
+        bound = config.supervisor.drain_timeout
+        within(bound, lambda: serve.delete(plan.APP_NAME), "deleting the Serve app", say)
     finally:
         if address is None:
-            serve.shutdown()
+            within(config.supervisor.drain_timeout, serve.shutdown, "stopping Ray Serve", say)
         ray.shutdown()
+
+
+def within(
+    seconds: float, action: Callable[[], object], what: str, say: Callable[[str], None]
+) -> None:
+    """Run `action`, but stop waiting for it after `seconds`: a cluster whose raylet has died
+    answers nothing, and a Ctrl+C must still end the command."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            action()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    if not done.wait(seconds):
+        say(f"warning: {what} did not finish in {seconds:g} s; stopping anyway")
 
 
 def wait_for_stop() -> None:
