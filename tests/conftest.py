@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +13,22 @@ from clirun import Result, in_process_cli
 from fakehub import FakeHub
 from huggingface_hub import close_session, constants
 from huggingface_hub.utils import _cache_manager
+
+# tests/ray run where Ray Serve is installed (`nox -s ray`: its dependencies conflict with the dev
+# environment's); elsewhere they are not collected. Checked here, not in a conftest of that
+# folder: a second module named `conftest` would shadow this one for `from conftest import ...`.
+# `ray.serve`, not `ray`: with tests/ on the path, `ray` alone is found as the folder tests/ray.
+HAS_RAY_SERVE = importlib.util.find_spec("ray") is not None and (
+    importlib.util.find_spec("ray.serve") is not None
+)
+collect_ignore_glob = [] if HAS_RAY_SERVE else ["ray/*"]
+if HAS_RAY_SERVE:
+    # Ray's modules warn as they import (pydantic v1-style `Field(update_type=...)`), which
+    # filterwarnings = error would turn into a collection error: import them once, quietly.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for module in ("ray.serve", "ray.serve.schema"):
+            importlib.import_module(module)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 URL_TEMPLATE = "{endpoint}/{{repo_id}}/resolve/{{revision}}/{{filename}}"

@@ -22,6 +22,7 @@ from modelmora.runtimes import ModelSpec, Runtime, resolve_runtime
 from modelmora.runtimes.embedding import EmbeddingRuntime
 from modelmora.serve.config import SupervisorSettings
 from modelmora.serve.supervisor import ServedModel, Supervisor
+from modelmora.vectors import Vectors
 
 TASKS = {
     "embedding": build_embedding_model,
@@ -247,7 +248,9 @@ def test_the_runtimes_answer_from_worker_processes(model_folders: dict[str, Path
         try:
             embedded = await supervisor.infer("embedding", {"inputs": SENTENCES})
             expected = direct_embeddings(model_folders["embedding"], SENTENCES)
-            assert torch.allclose(torch.tensor(embedded.result["embeddings"]), expected, atol=1e-5)
+            packed = embedded.result["embeddings"]  # float32 bytes from the worker: vectors.py
+            assert isinstance(packed, Vectors) and len(packed) == len(SENTENCES)
+            assert torch.allclose(torch.tensor(packed.tolist()), expected, atol=1e-5)
             classified = await supervisor.infer("text-classification", {"inputs": ["good"]})
             assert classified.result["predictions"][0][0]["label"] in ("negative", "positive")
             chunks = [
