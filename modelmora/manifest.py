@@ -15,11 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelmora import routing
 from modelmora.errors import InvalidInputError, ManifestError
 from modelmora.routing import Route
+from modelmora.units import parse_duration, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,11 +166,63 @@ class ProjectTable(BaseModel):
     name: str
 
 
+MAX_URL_LIFETIME = 7 * 86400.0
+"""S3's limit on a presigned URL's lifetime (SigV4): seven days."""
+
+
+class StorageTable(BaseModel):
+    """`[storage]`: where results over `threshold` bytes of JSON go (modelmora.storage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bucket: str = Field(min_length=1)
+    endpoint_url: str | None = None
+    prefix: str = ""
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    threshold: int = 1_000_000
+    expires: float = 3600.0
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _check_threshold(cls, value: Any) -> int:
+        size = parse_size(value)
+        if size < 0:
+            raise ValueError(f"{value!r} is below 0; write a size such as 1MB")
+        return size
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _check_expires(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        if not 1 <= seconds <= MAX_URL_LIFETIME:
+            raise ValueError(f"{value!r}: a presigned URL lives 1s to 7d; write e.g. 1h")
+        return seconds
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"'{value}' is no URL; write e.g. http://127.0.0.1:9000")
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> StorageTable:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError(
+                "access_key_id and secret_access_key go together; set both, or neither to use "
+                "the AWS variables"
+            )
+        return self
+
+
 class ManifestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     project: ProjectTable
     serve: dict[str, Any] = Field(default_factory=dict)
+    storage: StorageTable | None = None
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -174,6 +234,8 @@ class Manifest:
     serve: Mapping[str, Any]
     routes: Mapping[str, Route] = field(default_factory=dict)
     """The route of each model with versions, by its name (`minilm`)."""
+    storage: StorageTable | None = None
+    """Where large results go; None keeps every result inline."""
 
     @property
     def root(self) -> Path:
@@ -272,7 +334,7 @@ def validate(data: dict[str, Any], path: Path) -> Manifest:
         else:
             _refuse_version_keys(name, entry, path.name)
             models[name] = _validate_model(name, entry, path.name)
-    return Manifest(path, table.project.name, models, table.serve, routes)
+    return Manifest(path, table.project.name, models, table.serve, routes, table.storage)
 
 
 VERSIONS_KEY = "versions"
@@ -431,6 +493,8 @@ def _unknown_key_message(location: tuple[int | str, ...], title: str) -> str:
         keys = [k for k in ModelSpec.model_fields if k != "name"]
     elif location[:1] == ("project",):
         keys = list(ProjectTable.model_fields)
+    elif location[:1] == ("storage",):
+        keys = list(StorageTable.model_fields)
     else:
         keys = list(ManifestModel.model_fields) if len(location) == 1 else []
     close = difflib.get_close_matches(str(location[-1]), keys, n=1)

@@ -67,6 +67,7 @@ def serve(
     from modelmora import project, runfile
     from modelmora.serve import config
     from modelmora.serve.app import bind, run_server, served_models
+    from modelmora.storage import Storage
 
     if task is not None and source is None:
         raise typer.BadParameter("--task goes with a SOURCE: `modelmora serve ./folder --task ...`")
@@ -114,7 +115,15 @@ def serve(
         run_server(models, settings, None, sock, None, None)
         return
     with runfile.announced(current.root, url):
-        run_server(models, settings, current.jobs_path, sock, current.registry_path, current.root)
+        run_server(
+            models,
+            settings,
+            current.jobs_path,
+            sock,
+            current.registry_path,
+            current.root,
+            storage=Storage(manifest.storage) if manifest and manifest.storage else None,
+        )
 
 
 def _scratch_project(source: str, task: str | None, offline: bool) -> Project:

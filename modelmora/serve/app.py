@@ -48,6 +48,7 @@ from modelmora.serve.traffic import Shadows, Traffic
 
 if TYPE_CHECKING:
     from modelmora.serve.grpc.server import GrpcServer
+    from modelmora.storage import Storage
 
 __all__ = ["bind", "create_app", "run_server", "served", "served_models"]
 
@@ -68,6 +69,7 @@ def create_app(
     registry_path: Path | None = None,
     project_root: Path | None = None,
     routes: Mapping[str, Route] | None = None,
+    storage: Storage | None = None,
 ) -> Starlette:
     """The ASGI app; its lifespan starts the supervisor and stops it (drain, end workers).
 
@@ -76,6 +78,7 @@ def create_app(
     log it writes; without one, only `settings.api_key` (if any) guards the API.
     `project_root` is the project served: its routes (unless `routes` are given) and the files the
     admin routes edit; without one, models cannot be registered or routed at run time.
+    `storage` takes the results whose JSON is over its threshold (`[storage]`); None: all inline.
     """
     settings = settings or ServerSettings()
     scheduler = Scheduler(
@@ -98,6 +101,7 @@ def create_app(
         project=served_project,
         registry=connection,
         registrations=Registrations() if served_project is not None else None,
+        storage=storage,
     )
     if jobs_path is not None:
         store = JobStore(jobs_path, retention=settings.job_retention)
@@ -229,6 +233,7 @@ def run_server(
     sock: socket.socket | None = None,
     registry_path: Path | None = None,
     project_root: Path | None = None,
+    storage: Storage | None = None,
 ) -> None:
     """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers.
 
@@ -236,7 +241,9 @@ def run_server(
     """
     sock = sock or bind(config.server)
     supervisor = Supervisor(models, config.supervisor)
-    app = create_app(supervisor, config.server, jobs_path, registry_path, project_root)
+    app = create_app(
+        supervisor, config.server, jobs_path, registry_path, project_root, storage=storage
+    )
     _Server(_uvicorn_config(app, config)).run(sockets=[sock])
 
 

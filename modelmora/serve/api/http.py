@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from modelmora.serve.jobrunner import JobRunner
     from modelmora.serve.registrations import Registrations
     from modelmora.serve.traffic import Shadows, Traffic
+    from modelmora.storage import Storage
 
 API_VERSION = "1"
 API_VERSION_HEADER = "X-ModelMora-API-Version"
@@ -52,6 +53,8 @@ class AppState:
     registry: sqlite3.Connection | None = None
     registrations: Registrations | None = None
     """Models being registered at run time; None without a project."""
+    storage: Storage | None = None
+    """Where results over its threshold go (`[storage]`); None keeps every result inline."""
 
 
 def app_state(request: Request) -> AppState:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelmora.errors import ConflictError, UnavailableError, UnknownModelError
-from modelmora.serve.api import auth, inference
+from modelmora.serve.api import auth, inference, native
 from modelmora.serve.api.http import (
     AppState,
     PydanticResponse,
@@ -134,7 +134,10 @@ async def run_job(state: AppState, job: Job, attempt: Attempt) -> Any:
     outcome = await inference.infer(state, job.model, body.to_runtime(), queueing, body.keep_alive)
     if state.keys is not None and job.key_name is not None:  # before the store says succeeded
         state.keys.charge(job.key_name, auth.tokens_used_by(outcome.result))
-    return outcome.result
+    # A large result goes to object storage (a storage outage fails the job with the reason);
+    # the job keeps where it lies, as `/infer` answers it.
+    inline, location = await native.stored_result(state, outcome.result)
+    return inline if location is None else {"result_url": location.model_dump(mode="json")}
 
 
 def job_slots(state: AppState, model: str) -> int:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import anyio.to_thread
+import pydantic_core
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modelmora import __version__
 from modelmora.serve.api import inference
 from modelmora.serve.api.auth import record_admin, require_admin
-from modelmora.serve.api.http import PydanticResponse, app_state, read_json, read_query
+from modelmora.serve.api.http import (
+    AppState,
+    PydanticResponse,
+    app_state,
+    read_json,
+    read_query,
+)
 from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.api.schemas import (
     Health,
@@ -20,6 +29,7 @@ from modelmora.serve.api.schemas import (
     ModelList,
     ModelsQuery,
     Readiness,
+    ResultLocation,
     Timing,
     request_schema,
 )
@@ -129,11 +139,30 @@ async def infer(request: Request) -> Response:
     result = await inference.infer(state, found.name, runtime, queueing, body.keep_alive)
     record_timing(request, result)
     inference.mirror(state, found, runtime, result.result)
-    return PydanticResponse(
-        InferResponse(
-            model=found.name, revision=served.revision, result=result.result, timing=_timing(result)
-        )
+    inline, location = await stored_result(state, result.result)
+    reply = InferResponse(
+        model=found.name,
+        revision=served.revision,
+        result=inline,
+        result_url=location,
+        timing=_timing(result),
     )
+    return PydanticResponse(reply)
+
+
+async def stored_result(state: AppState, result: Any) -> tuple[Any, ResultLocation | None]:
+    """The result inline, or, when its JSON is over the storage's threshold, where it is stored
+    (UnavailableError, 503, when it cannot be: the result is never dropped silently)."""
+    if state.storage is None:
+        return result, None
+    data = pydantic_core.to_json(result)
+    if len(data) <= state.storage.threshold:
+        return result, None
+    stored = await anyio.to_thread.run_sync(state.storage.put, data)
+    location = ResultLocation(
+        url=stored.url, expires_at=stored.expires_at, bytes=stored.bytes, sha256=stored.sha256
+    )
+    return None, location
 
 
 def _model_name(request: Request) -> str:

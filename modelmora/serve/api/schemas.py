@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, cast
 
 from pydantic import (
@@ -280,16 +281,30 @@ class Timing(BaseModel):
     inference_ms: float
 
 
+class ResultLocation(BaseModel):
+    """A result kept in the server's object storage: fetch it with a plain GET of `url`."""
+
+    url: str = Field(description="a presigned GET URL; no API key needed, until `expires_at`")
+    expires_at: datetime
+    bytes: int = Field(description="the size of the result's JSON")
+    sha256: str = Field(description="of the result's JSON, to check the download")
+
+
 class InferResponse(BaseModel):
-    """The runtime's result with the model and revision that produced it."""
+    """The runtime's result with the model and revision that produced it; a result whose JSON
+    is over the server's `[storage] threshold` is in object storage, and `result_url` says where
+    (then `result` is absent)."""
 
     model: str
     revision: str
     result: Any = Field(
+        None,
         description="embedding: {embeddings, dimensions, prompt_tokens}; text-classification: "
         "{predictions, prompt_tokens}; text-generation: {text, prompt_tokens, completion_tokens, "
-        "finish_reason}; plugin tasks: what the runtime returns"
+        "finish_reason}; plugin tasks: what the runtime returns",
+        exclude_if=lambda value: value is None,
     )
+    result_url: ResultLocation | None = Field(None, exclude_if=lambda value: value is None)
     timing: Timing
 
 
