@@ -61,6 +61,21 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class MemoryFloor:
+    """RAM the machine must keep available: a number of bytes or a percent of all of it."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def of(self, total: int) -> int:
+        """The floor in bytes on a machine with `total` bytes of RAM (the larger of the two)."""
+        return max(self.bytes, int(total * self.percent / 100))
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else f"{self.bytes} bytes"
+
+
+@dataclass(frozen=True)
 class SupervisorSettings:
     """The models' lifecycle: how many run at once, when they unload, how crashes are handled."""
 
@@ -68,6 +83,10 @@ class SupervisorSettings:
     """How many workers may run at once; 0 means no limit."""
     memory_budget: int | None = None
     """Bytes all workers together may hold (measured after load); None means no limit."""
+    min_available_memory: MemoryFloor = MemoryFloor(percent=5.0)
+    """Below this much available RAM, idle models are evicted and loads refused (503)."""
+    max_gpu_memory_fraction: float | None = None
+    """Above this share of a GPU's memory in use, the same; None: GPUs are not watched."""
     keep_alive: float = 300.0
     """Idle seconds before a model is unloaded: 0 right after each request, negative never."""
     drain_timeout: float = 30.0
@@ -212,6 +231,28 @@ def _optional_size(value: Any) -> int | None:
     return None if value in (None, "", 0, "0") else parse_size(value)
 
 
+def _memory_floor(value: Any) -> MemoryFloor:
+    text = str(value).strip()
+    if text.endswith("%"):
+        percent = float(text[:-1])
+        if not 0 <= percent < 100:
+            raise ValueError(f"'{value}' is not a percent between 0 and 100")
+        return MemoryFloor(percent=percent)
+    return MemoryFloor(bytes=_optional_size(value) or 0)
+
+
+def _fraction(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{value}' is not a fraction like 0.95") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{fraction} is not a fraction above 0 and at most 1")
+    return fraction
+
+
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds < 0:
@@ -233,6 +274,8 @@ KEYS: dict[str, tuple[Section, Callable[[Any], Any]]] = {
     "metrics_public": ("server", _flag),
     "max_loaded_models": ("supervisor", _count),
     "memory_budget": ("supervisor", _optional_size),
+    "min_available_memory": ("supervisor", _memory_floor),
+    "max_gpu_memory_fraction": ("supervisor", _fraction),
     "keep_alive": ("supervisor", parse_duration),
     "drain_timeout": ("supervisor", _positive_duration),
     "request_timeout": ("supervisor", parse_duration),

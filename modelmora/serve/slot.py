@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelmora.serve.config import BatchSettings, SupervisorSettings
 from modelmora.serve.placement import Occupant
+from modelmora.serve.resources import Usage
 from modelmora.serve.status import Batching, ModelState, ModelStatus
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class Slot:
     """time.monotonic() at which a crashed worker starts again."""
     last_load_ms: float | None = None
     memory_bytes: int | None = None
+    usage: Usage | None = None
+    """The worker's resources at the last health check."""
     error: str | None = None
     last_crash: str | None = None
 
@@ -109,6 +112,7 @@ class Slot:
         """The public record of this model (its queue is the scheduler's to add)."""
         worker = self.serving_worker
         restart_in = self.restart_in() if self.state == "restarting" else None
+        usage = self.usage if worker and self.usage and self.usage.pid == worker.pid else None
         return ModelStatus(
             name=self.name,
             task=self.model.task,
@@ -118,6 +122,11 @@ class Slot:
             pid=self.worker.pid if self.worker else None,
             device=worker.device if worker else None,
             memory_bytes=worker.memory_bytes if worker else None,
+            cpu_percent=usage.cpu_percent if usage else None,
+            rss_bytes=usage.rss_bytes if usage else None,
+            uss_bytes=usage.uss_bytes if usage else None,
+            gpu_memory_bytes=usage.gpu_memory_bytes if usage else None,
+            gpu_utilization=usage.gpu_utilization if usage else None,
             loaded_at=self.loaded_at if worker else None,
             last_used=self.last_used,
             expires_at=self.expires_at if worker else None,

@@ -43,6 +43,19 @@ class ModelStatus(BaseModel):
     pid: int | None
     device: str | None
     memory_bytes: int | None
+    cpu_percent: float | None = Field(
+        default=None, description="CPU used since the previous health check, percent of one core"
+    )
+    rss_bytes: int | None = Field(default=None, description="the worker's resident memory")
+    uss_bytes: int | None = Field(
+        default=None, description="memory only the worker holds (None where it cannot be read)"
+    )
+    gpu_memory_bytes: int | None = Field(
+        default=None, description="the worker's GPU memory (NVML; None without a GPU)"
+    )
+    gpu_utilization: float | None = Field(
+        default=None, description="percent busy of the worker's GPU (NVML; None without a GPU)"
+    )
     loaded_at: float | None = Field(description="unix time")
     last_used: float | None = Field(description="unix time")
     expires_at: float | None = Field(description="unix time of the idle unload")

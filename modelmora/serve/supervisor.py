@@ -39,8 +39,9 @@ from modelmora.errors import (
 from modelmora.runtimes import ModelSpec, pinned_runtime
 from modelmora.serve.config import SupervisorSettings
 from modelmora.serve.launcher import Call, Launcher, Worker
-from modelmora.serve.placement import Limits, evictions_for, fits, over_budget
+from modelmora.serve.placement import Limits, eviction_order, evictions_for, fits, over_budget
 from modelmora.serve.protocol import EXIT_LOAD_FAILED, ReadyMessage
+from modelmora.serve.resources import ResourceMonitor, available_memory, total_memory
 from modelmora.serve.slot import ServedModel, Slot
 from modelmora.serve.status import ModelStatus
 from modelmora.serve.tasks import TaskGroup
@@ -114,6 +115,9 @@ class Supervisor:
         """One per worker: it sees the worker's end through, so stop() waits for it last."""
         self.changed = asyncio.Event()
         self.is_stopping = False
+        self.resources = ResourceMonitor()
+        self.pressure: str | None = None
+        """Why memory is short now (RAM or GPU), from the last health check; None when it is not."""
 
     # queries
 
@@ -141,6 +145,8 @@ class Supervisor:
                 reasons.append(f"model '{slot.name}' is preloading")
         if self.launcher.is_warming_up():
             reasons.append("the worker template is still importing torch and transformers")
+        if self.pressure is not None:
+            reasons.append(self.pressure)
         if self.is_stopping:
             reasons.append("ModelMora is shutting down")
         return not reasons, reasons
@@ -439,7 +445,35 @@ class Supervisor:
                     retry_after=1,
                 )
             await self.wait_for_change(give_up - time.monotonic())
+        await self.make_memory_room(slot)
         slot.holds_room = True
+
+    async def make_memory_room(self, slot: Slot) -> None:
+        """Keep min_available_memory free after the load: evict idle models, else refuse (503)."""
+        floor = self.settings.min_available_memory.of(total_memory())
+        needed = slot.memory_estimate() + floor
+        for name in self.relief_for(needed - available_memory(), keep=slot.name):
+            await self.end_slot(self.slots[name], "evict")
+        available = available_memory()
+        if available < needed:
+            raise UnavailableError(
+                f"not enough memory to load '{slot.name}': {available} bytes available, "
+                f"it needs about {needed - floor} and the server keeps "
+                f"{self.settings.min_available_memory} of RAM free (min_available_memory)",
+                retry_after=10,
+                hint="unload a model, or lower min_available_memory",
+            )
+
+    def relief_for(self, shortfall: int, keep: str = "") -> list[str]:
+        """Idle models to evict, least recently used first, until about `shortfall` bytes free."""
+        occupants = [s.occupant(True) for s in self.slots.values() if s.occupies_room]
+        victims: list[str] = []
+        for victim in eviction_order([o for o in occupants if o.name != keep]):
+            if shortfall <= 0:
+                break
+            shortfall -= victim.memory
+            victims.append(victim.name)
+        return victims
 
     def victims_for(self, slot: Slot) -> list[str] | None:
         """Whom to evict for `slot` ([] when it fits now, None when it must wait)."""
@@ -602,6 +636,43 @@ class Supervisor:
                 worker = slot.serving_worker
                 if worker is not None and worker.ending is None and not worker.is_pinging:
                     self.tasks.start(self.ping(slot, worker), f"ping {slot.name}")
+            self.watch_resources()
+
+    def watch_resources(self) -> None:
+        """Sample every worker's resources; under memory pressure, evict idle models."""
+        workers = {s.name: s.worker for s in self.slots.values() if s.worker is not None}
+        usage = self.resources.sample(worker.pid for worker in workers.values())
+        for name, worker in workers.items():
+            self.slots[name].usage = usage.get(worker.pid)
+        self.note_pressure(self.memory_pressure())
+        if self.pressure is not None:
+            for name in self.relief_for(max(self.shortfall(), 1)):
+                self.begin_unload(self.slots[name], "evict")
+
+    def memory_pressure(self) -> str | None:
+        """Why memory is short now, or None: RAM below its floor, or a GPU above its fraction."""
+        if self.shortfall() > 0:
+            floor = self.settings.min_available_memory
+            return f"memory pressure: {available_memory()} bytes of RAM available, under {floor}"
+        fraction, gpu = self.settings.max_gpu_memory_fraction, self.resources.fullest_gpu()
+        if fraction is not None and gpu is not None:
+            used = gpu.used_bytes / gpu.total_bytes
+            if used > fraction:
+                return f"memory pressure: GPU {gpu.index} is {used:.0%} full, over {fraction:g}"
+        return None
+
+    def shortfall(self) -> int:
+        """Bytes of RAM missing under min_available_memory (0 or less: none)."""
+        floor = self.settings.min_available_memory.of(total_memory())
+        return floor - available_memory()
+
+    def note_pressure(self, pressure: str | None) -> None:
+        """Log once when an episode of memory pressure begins, once when it ends."""
+        if pressure is not None and self.pressure is None:
+            logger.warning("%s; evicting idle models and refusing loads", pressure)
+        elif pressure is None and self.pressure is not None:
+            logger.info("memory pressure is over")
+        self.pressure = pressure
 
     async def ping(self, slot: Slot, worker: Worker) -> None:
         try:

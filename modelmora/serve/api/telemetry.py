@@ -164,7 +164,19 @@ class Metrics:
 
 
 class WorkerCollector(Collector):
-    """Per-model gauges read from the supervisor at scrape time, so they are never stale."""
+    """Per-model gauges read from the supervisor at scrape time, so they are never stale; the
+    resources are those of the last health check (absent until one has measured them)."""
+
+    RESOURCES: ClassVar[dict[str, tuple[str, str]]] = {
+        "cpu_percent": ("modelmora_worker_cpu_percent", "CPU of the worker, percent of a core."),
+        "rss_bytes": ("modelmora_worker_rss_bytes", "Resident memory of the worker."),
+        "uss_bytes": ("modelmora_worker_uss_bytes", "Memory only the worker holds."),
+        "gpu_memory_bytes": ("modelmora_worker_gpu_memory_bytes", "GPU memory of the worker."),
+        "gpu_utilization": (
+            "modelmora_worker_gpu_utilization_percent",
+            "Percent busy of the worker's GPU.",
+        ),
+    }
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
@@ -179,12 +191,24 @@ class WorkerCollector(Collector):
         state = GaugeMetricFamily(
             "modelmora_model_state", "1 for the model's current state.", labels=["model", "state"]
         )
+        resources = {
+            field: GaugeMetricFamily(metric, doc, labels=["model"])
+            for field, (metric, doc) in self.RESOURCES.items()
+        }
         for status in self.supervisor.statuses():
             if status.memory_bytes is not None:
                 memory.add_metric([status.name], status.memory_bytes)
             in_flight.add_metric([status.name], status.in_flight)
             state.add_metric([status.name, status.state], 1)
-        yield from (memory, in_flight, state)
+            for field, family in resources.items():
+                if (value := getattr(status, field)) is not None:
+                    family.add_metric([status.name], value)
+        pressure = GaugeMetricFamily(
+            "modelmora_memory_pressure",
+            "1 while available RAM is under min_available_memory or a GPU over its fraction.",
+        )
+        pressure.add_metric([], 1 if self.supervisor.pressure is not None else 0)
+        yield from (memory, in_flight, state, *resources.values(), pressure)
 
 
 class SchedulerCollector(Collector):
