@@ -12,6 +12,7 @@ The CLI calls these when no server runs; the server's admin routes call them whe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -183,10 +184,10 @@ def _known(connection: sqlite3.Connection, model: str) -> bool:
 def _with_share(record: VersionRecord, route: Route | None) -> VersionRecord:
     if route is None:
         weight = 100 if record.state != "archived" else 0  # a model without versions: all of it
-        return VersionRecord(**{**record.__dict__, "weight": weight})
+        return dataclasses.replace(record, weight=weight)
     weight = route.weights.get(record.version, 0)
     shadow = route.shadow == record.version
-    return VersionRecord(**{**record.__dict__, "weight": weight, "shadow": shadow})
+    return dataclasses.replace(record, weight=weight, shadow=shadow)
 
 
 # --- changing traffic ---------------------------------------------------------------------------
@@ -321,13 +322,6 @@ def check_removable(current: Manifest, reference: str) -> None:
             f"version '{version}' is the only one '{model}' routes traffic to",
             f"promote another version first: `modelmora promote {model} VERSION`",
         )
-
-
-def without_version(route: Route, version: str) -> Route:
-    """The route once `version` is gone: its share and its shadow dropped."""
-    weights = {v: w for v, w in route.weights.items() if v != version}
-    shadow = route.shadow if route.shadow != version else None
-    return Route(weights, shadow, route.shadow_fraction if shadow else 0.0)
 
 
 def version_spec(current: Manifest, model: str, version: str) -> ModelSpec:

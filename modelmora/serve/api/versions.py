@@ -25,9 +25,15 @@ from modelmora.errors import (
 from modelmora.project import InstalledModel, Project
 from modelmora.routing import Route, split_reference
 from modelmora.serve.api.auth import require_admin
-from modelmora.serve.api.http import AppState, PydanticResponse, app_state, read_json
+from modelmora.serve.api.http import (
+    AppState,
+    PydanticResponse,
+    RequestValidationError,
+    app_state,
+    read_json,
+)
 from modelmora.serve.api.openapi import Endpoint
-from modelmora.serve.api.schemas import RegisterRequest, Registration, Removed
+from modelmora.serve.api.schemas import FieldError, RegisterRequest, Registration, Removed
 from modelmora.serve.catalog import served
 from modelmora.serve.registrations import Registration as Record
 from modelmora.versionjson import (
@@ -191,9 +197,6 @@ def _check_new(served_project: Project, body: RegisterRequest) -> None:
 
 
 def _field_error(field: str, message: str) -> InvalidInputError:
-    from modelmora.serve.api.http import RequestValidationError
-    from modelmora.serve.api.schemas import FieldError
-
     return RequestValidationError([FieldError(field=field, message=message)])
 
 
