@@ -33,6 +33,8 @@ def busy_child() -> Iterator[subprocess.Popen[bytes]]:
 def test_a_busy_process_reads_cpu_from_the_second_sample(
     busy_child: subprocess.Popen[bytes],
 ) -> None:
+    started = psutil.Process(busy_child.pid)  # past exec: the interpreter is in memory
+    eventually(lambda: started.memory_info().rss > 1_000_000, what="the child to start")
     sampler = ProcessSampler()
     first = sampler.sample(busy_child.pid)
     assert first.cpu_percent is None  # one reading says nothing about a rate
@@ -205,3 +207,51 @@ def test_memory_pressure_evicts_idle_models_and_refuses_loads() -> None:
             assert (await supervisor.infer("a", {})).result["echo"] == {}
 
     run(scenario())
+
+
+@pytest.mark.slow
+def test_ps_shows_each_workers_memory_and_cpu(tmp_path: Any) -> None:
+    import os
+    import re
+
+    import httpx
+    from liveserver import serve
+
+    from modelmora.serve.app import create_app
+    from modelmora.serve.config import ServerSettings
+    from modelmora.serve.supervisor import Supervisor
+
+    settings = SupervisorSettings(template_imports=("runtimes_for_tests",), health_interval=0.05)
+    app = create_app(Supervisor([served("echo")], settings), ServerSettings(access_log=False))
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+        http.post("/models/echo/load").raise_for_status()
+        eventually(lambda: http.get("/models/echo").json()["cpu_percent"] is not None)
+        ps = subprocess.run(
+            [sys.executable, "-m", "modelmora", "ps", "--url", url],
+            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+    header, row = ps.stdout.splitlines()[:2]
+    assert header.split()[:6] == ["name", "task", "state", "memory", "cpu", "pid"], ps.stdout
+    assert "gpu" not in header.split()  # no GPU, no column
+    own = r"(\s\([\d.]+ \w+ own\))?"  # USS, where the platform reads it
+    assert re.match(rf"echo\s+test\s+ready\s+[\d.]+ \w+{own}\s+\d+%\s+\d+\s+cpu", row), row
+
+
+def test_ps_shows_a_gpu_column_when_a_worker_has_a_gpu() -> None:
+    from modelmora.cli.serving import _gpu, _memory
+    from modelmora.serve.status import ModelStatus
+
+    fields: dict[str, Any] = {"name": "m", "task": "embedding", "source": "s", "revision": "r"}
+    fields |= {"state": "ready", "pid": 1, "device": "cuda:0", "memory_bytes": 3 << 20}
+    fields |= {"loaded_at": None, "last_used": None, "expires_at": None, "in_flight": 0}
+    fields |= {"requests_total": 0, "requests_failed": 0, "loads": 1, "unloads": 0, "crashes": 0}
+    fields |= {"last_load_ms": None, "error": None}
+    fields["batching"] = {"max_batch_size": 1, "max_batch_delay_ms": 0, "max_batch_tokens": 1}
+    fields["batching"] |= {"max_queue": 1, "max_in_flight": 1}
+    status = ModelStatus(**fields, gpu_memory_bytes=512 << 20, gpu_utilization=37.0)
+    assert _gpu(status) == "536.9 MB 37%"
+    assert _gpu(ModelStatus(**fields)) == "-"
+    assert _memory(ModelStatus(**fields)) == "3.1 MB"  # without a sample: the load's measure
+    assert _memory(ModelStatus(**fields, rss_bytes=2 << 30, uss_bytes=1 << 30)) == (
+        "2.1 GB (1.1 GB own)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -203,3 +204,45 @@ def test_the_storage_table_reads_sizes_durations_and_variables(
 def test_storage_table_errors_name_the_key(text: str, message: str) -> None:
     with pytest.raises(ManifestError, match=message.replace(".", r"\.")):
         storage_table(f"[storage]\n{text}\n")
+
+
+def test_the_client_fetches_a_stored_result_as_if_it_were_inline(http: httpx.Client) -> None:
+    from modelmora.client import AsyncClient, Client
+
+    url = str(http.base_url).rstrip("/")
+    with Client(url) as client:
+        answer = client.infer("echo", None, **large())
+        job = client.jobs.wait(client.jobs.submit("echo", large()).id, timeout=60)
+        from_job = client.jobs.result(job)
+        small = client.jobs.wait(client.jobs.submit("echo", {"text": "hi"}).id, timeout=60)
+        assert client.jobs.result(small) == small.result and small.result["echo"]["text"] == "hi"
+
+    async def both() -> tuple[Any, Any]:
+        async with AsyncClient(url) as client:
+            job = await client.jobs.wait((await client.jobs.submit("echo", large())).id)
+            return (await client.infer("echo", None, **large())).result, await client.jobs.result(
+                job
+            )
+
+    async_answer, async_from_job = asyncio.run(both())
+    assert answer.result["echo"]["text"] == large()["text"] and "result_url" not in answer.body
+    assert from_job["echo"]["text"] == async_from_job["echo"]["text"] == large()["text"]
+    assert async_answer == answer.result
+
+
+def test_a_changed_stored_result_is_refused(
+    http: httpx.Client, endpoint: ThreadedMotoServer
+) -> None:
+    from modelmora.client import Client
+    from modelmora.client.errors import StoredResultError
+
+    with Client(str(http.base_url).rstrip("/")) as client:
+        job = client.jobs.wait(client.jobs.submit("echo", large()).id, timeout=60)
+        location = job.result["result_url"]
+        s3 = boto3.client("s3", endpoint_url=url_of(endpoint))
+        key = location["url"].split(f"/{BUCKET}/", 1)[1].split("?", 1)[0]
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b'{"echo": "changed"}')
+        with pytest.raises(StoredResultError) as error:
+            client.jobs.result(job)
+    assert "sha256" in str(error.value)
+    assert httpx.get(location["url"]).content == b'{"echo": "changed"}'

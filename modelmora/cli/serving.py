@@ -23,6 +23,7 @@ from modelmora.errors import ModelmoraError
 
 if TYPE_CHECKING:
     from modelmora.project import Project
+    from modelmora.serve.status import ModelStatus
 
 
 # --- serving commands ---------------------------------------------------------------------------
@@ -296,21 +297,39 @@ def ps(
     if as_json:
         return emit_json([model.model_dump(mode="json") for model in models])
     table = Table(box=None, pad_edge=False)
-    for column in ("name", "task", "state", "memory", "pid", "device", "until", "error"):
+    gpu = any(model.gpu_memory_bytes is not None for model in models)
+    columns = ("name", "task", "state", "memory", "cpu", *(("gpu",) if gpu else ()), "pid")
+    for column in (*columns, "device", "until", "error"):
         table.add_column(column)
     for model in models:
-        memory = human_size(model.memory_bytes) if model.memory_bytes else "-"
         table.add_row(
             model.name,
             model.task,
             _state(model.state, model.crash_streak),
-            memory,
+            _memory(model),
+            "-" if model.cpu_percent is None else f"{model.cpu_percent:.0f}%",
+            *((_gpu(model),) if gpu else ()),
             str(model.pid or "-"),
             model.device or "-",
             _until(model.expires_at, model.restart_at),
             model.error or "",
         )
     console().print(table)
+
+
+def _memory(model: ModelStatus) -> str:
+    """The worker's resident memory, and the part only it holds (USS) where that is known."""
+    rss = model.rss_bytes or model.memory_bytes
+    if not rss:
+        return "-"
+    return human_size(rss) + (f" ({human_size(model.uss_bytes)} own)" if model.uss_bytes else "")
+
+
+def _gpu(model: ModelStatus) -> str:
+    if model.gpu_memory_bytes is None:
+        return "-"
+    busy = "" if model.gpu_utilization is None else f" {model.gpu_utilization:.0f}%"
+    return human_size(model.gpu_memory_bytes) + busy
 
 
 def _state(state: str, crash_streak: int) -> str:

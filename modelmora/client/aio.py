@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from modelmora.client import calls
+from modelmora.client import calls, stored
 from modelmora.client.calls import Call
 from modelmora.client.resilience import Attempts, CircuitBreaker, RetryCounters, RetryPolicy
 from modelmora.client.results import Embeddings, Generation, Inference, Job, Predictions
@@ -107,7 +107,11 @@ class AsyncClient:
         return await self.send(calls.unload(name))
 
     async def send(self, call: Call[T]) -> T:
-        return call.parse(await self.open(call))
+        response = await self.open(call)
+        where = stored.location_in(response) if call.may_be_stored else None
+        if where is not None:
+            response = stored.inlined(response, await stored.fetch_async(where, self.timeout))
+        return call.parse(response)
 
     async def open(self, call: Call[Any], *, stream: bool = False) -> httpx.Response:
         attempts = Attempts(self.url, call.method, call.path, call.may_resend, self.retry,
@@ -149,6 +153,13 @@ class AsyncJobs:
 
     async def cancel(self, job_id: str) -> Job:
         return await self._client.send(calls.cancel_job(job_id))
+
+    async def result(self, job: Job) -> Any:
+        """A finished job's result, fetched from object storage when the server kept it there."""
+        where = stored.location(job.result)
+        return (
+            job.result if where is None else await stored.fetch_async(where, self._client.timeout)
+        )
 
     async def wait(self, job_id: str, timeout: float = 300.0, poll: float = 1.0) -> Job:
         give_up_at, pause = time.monotonic() + timeout, 0.05

@@ -49,6 +49,8 @@ class Call(Generic[T]):
     params: Mapping[str, Any] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     may_resend: bool = True
+    may_be_stored: bool = False
+    """True for an inference, whose result may come as a `result_url` into object storage."""
     """False for a call that would act twice if sent twice (and carries no idempotency key)."""
 
 
@@ -63,28 +65,28 @@ def infer(
     name: str, inputs: Any, options: Mapping[str, Any], route_key: str | None
 ) -> Call[Inference]:
     return Call("POST", f"/infer/{name}", _inference, {"inputs": inputs, **options},
-                headers=route_headers(route_key))  # fmt: skip
+                headers=route_headers(route_key), may_be_stored=True)  # fmt: skip
 
 
 def embed(
     name: str, texts: list[str], options: Mapping[str, Any], route_key: str | None
 ) -> Call[Embeddings]:
     return Call("POST", f"/infer/{name}", _embeddings, {"inputs": texts, **options},
-                headers=route_headers(route_key))  # fmt: skip
+                headers=route_headers(route_key), may_be_stored=True)  # fmt: skip
 
 
 def classify(
     name: str, text: str, options: Mapping[str, Any], route_key: str | None
 ) -> Call[Predictions]:
     return Call("POST", f"/infer/{name}", _predictions, {"inputs": [text], **options},
-                headers=route_headers(route_key))  # fmt: skip
+                headers=route_headers(route_key), may_be_stored=True)  # fmt: skip
 
 
 def generate(
     name: str, prompt: str, options: Mapping[str, Any], route_key: str | None
 ) -> Call[Generation]:
     return Call("POST", f"/infer/{name}", _generation, {"inputs": prompt, **options},
-                headers=route_headers(route_key))  # fmt: skip
+                headers=route_headers(route_key), may_be_stored=True)  # fmt: skip
 
 
 def stream(name: str, prompt: str, options: Mapping[str, Any], route_key: str | None) -> Call[Any]:

@@ -23,3 +23,10 @@ class ServerUnreachableError(ServeError):
     """No server answered: the connection failed or timed out, after the retries."""
 
     code = "server_unreachable"
+
+
+class StoredResultError(ServeError):
+    """A result the server kept in object storage could not be fetched, or was not the one the
+    server announced (its size or sha256 differ)."""
+
+    code = "stored_result"

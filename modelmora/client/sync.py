@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from modelmora.client import calls
+from modelmora.client import calls, stored
 from modelmora.client.calls import Call
 from modelmora.client.resilience import Attempts, CircuitBreaker, RetryCounters, RetryPolicy
 from modelmora.client.results import Embeddings, Generation, Inference, Job, Predictions
@@ -144,6 +144,9 @@ class Client:
     def send(self, call: Call[T]) -> T:
         """One call through the breaker and the retries; its answer, parsed."""
         response = self.open(call)
+        where = stored.location_in(response) if call.may_be_stored else None
+        if where is not None:
+            response = stored.inlined(response, stored.fetch(where, self.timeout))
         return call.parse(response)
 
     def open(self, call: Call[Any], *, stream: bool = False) -> httpx.Response:
@@ -191,6 +194,11 @@ class Jobs:
 
     def cancel(self, job_id: str) -> Job:
         return self._client.send(calls.cancel_job(job_id))
+
+    def result(self, job: Job) -> Any:
+        """A finished job's result, fetched from object storage when the server kept it there."""
+        where = stored.location(job.result)
+        return job.result if where is None else stored.fetch(where, self._client.timeout)
 
     def wait(self, job_id: str, timeout: float = 300.0, poll: float = 1.0) -> Job:
         """The job once it is finished; DeadlineExceededError after `timeout` seconds."""
