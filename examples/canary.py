@@ -5,10 +5,16 @@ gives it no share, so nothing moves until the route says so; `PUT /models/NAME/r
 traffic, each answer says which version computed it (`X-ModelMora-Model-Version`), `promote`
 sends everything to one version, and `rollback` goes back to the route before. Every change is
 written to `modelmora.toml` and the project's registry, with who made it. Changing routes needs
-the admin scope, which the server's own `--api-key` has.
+the admin scope, which the server's own `--api-key` has. In a project whose `modelmora.toml` has
 
-    # modelmora.toml:  [models.minilm] task = "embedding"
-    #                  [models.minilm.versions.v1] source = "./minilm-v1"
+    [models.minilm]
+    task = "embedding"
+
+    [models.minilm.versions.v1]
+    source = "./minilm-v1"
+
+serve it, and run the script with the folder of v2:
+
     cd my-project && modelmora serve --api-key s3cret
     python examples/canary.py --key s3cret --model minilm --source ./minilm-v2
 

@@ -25,6 +25,10 @@ EXAMPLE_NAMES = {
     "text-generation": "chat",
 }
 """The names the reference serves each built-in task under (any other task: its own name)."""
+TAG_TITLES = {
+    "openai": "OpenAI-compatible",
+    "open inference protocol": "Open Inference Protocol (REST)",
+}
 _REF = re.compile(r"^#/components/schemas/(.+)$")
 
 
@@ -59,6 +63,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
 
 def render_operations(document: dict[str, Any]) -> str:
     """Every operation of the document, grouped by tag in the order they first appear."""
+    _learn_titles(document)
     by_tag: dict[str, list[str]] = {}
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
@@ -86,7 +91,7 @@ def render_operations(document: dict[str, Any]) -> str:
             "",
         ]
     for tag, operations in by_tag.items():
-        lines += [f"## {tag.capitalize()}", "", *operations]
+        lines += [f"## {TAG_TITLES.get(tag, tag.capitalize())}", "", *operations]
     return "\n".join(lines)
 
 
@@ -119,6 +124,7 @@ def _operation(path: str, method: str, operation: dict[str, Any]) -> str:
 
 def render_schemas(document: dict[str, Any]) -> str:
     """Every component schema: a table of its fields, or its type when it is not an object."""
+    _learn_titles(document)
     lines = [
         "# HTTP API schemas",
         "",
@@ -141,17 +147,26 @@ def _fields(schema: dict[str, Any]) -> list[str]:
     required = set(schema.get("required", ()))
     rows = ["| field | type | required | description |", "| --- | --- | --- | --- |"]
     for name, field in properties.items():
-        notes = [field.get("description", "")]
+        notes = [_description(field)]
         if "default" in field and field["default"] is not None:
             notes.append(f"default `{json.dumps(field['default'])}`")
         description = _cell("; ".join(note for note in notes if note))
         rows.append(f"| `{name}` | {_type(field)} | {_yes(name in required)} | {description} |")
     extra = schema.get("additionalProperties")
     tail = ["", "Other fields are refused (422)."] if extra is False else []
-    alternatives = schema.get("oneOf") or schema.get("anyOf")
-    if alternatives:
+    alternatives = schema.get("oneOf") or schema.get("anyOf") or []
+    if alternatives and all(set(each) == {"required"} for each in alternatives):
+        names = ", ".join(f"`{'`, `'.join(each['required'])}`" for each in alternatives)
+        tail += ["", f"Exactly one of {names}."]
+    elif alternatives:
         tail += ["", f"Also one of: {_type({'oneOf': alternatives})}"]
     return rows + tail
+
+
+def _description(field: dict[str, Any]) -> str:
+    """The field's description, or the one its type carries (`X | None` nests it in anyOf)."""
+    nested = [_description(each) for each in field.get("anyOf", field.get("oneOf", []))]
+    return str(field.get("description") or next((each for each in nested if each), ""))
 
 
 def _type(schema: dict[str, Any]) -> str:
@@ -160,7 +175,8 @@ def _type(schema: dict[str, Any]) -> str:
         name = _REF.match(schema["$ref"])
         if name is None:
             return f"`{schema['$ref']}`"
-        return f"[{name[1]}]({SCHEMAS_PAGE.rsplit('/', 1)[1]}#{_anchor(name[1])})"
+        title = titles.get(name[1], name[1])
+        return f"[{title}]({SCHEMAS_PAGE.rsplit('/', 1)[1]}#{_anchor(name[1])})"
     for key in ("anyOf", "oneOf"):
         if key in schema:
             return " or ".join(dict.fromkeys(_type(each) for each in schema[key]))
@@ -185,16 +201,32 @@ def _plain_type(schema: dict[str, Any]) -> str:
         fields = ", ".join(f"`{name}`: {_type(s)}" for name, s in schema["properties"].items())
         return f"object ({fields})"
     detail = f" ({schema['format']})" if "format" in schema else ""
-    return f"{kind}{detail}{_bounds(schema, '')}"
+    return f"{kind}{detail}{_bounds(schema, 'imum')}"
 
 
-def _bounds(schema: dict[str, Any], suffix: str) -> str:
-    low = schema.get(f"minimum{suffix}" if not suffix else f"min{suffix}")
-    high = schema.get(f"maximum{suffix}" if not suffix else f"max{suffix}")
-    low = schema.get("exclusiveMinimum", low) if not suffix else low
+def _bounds(schema: dict[str, Any], key: str) -> str:
+    """` (1 to 8)`, ` (at least 1)`, ` (above 0.0 to 1.0)`: `minimum`/`maximum`, or
+    `minItems`/`maxItems` with key `Items`."""
+    low, high = schema.get(f"min{key}"), schema.get(f"max{key}")
+    above = schema.get("exclusiveMinimum") if key == "imum" else None
+    if above is not None:
+        low = f"above {above}"
     if low is None and high is None:
         return ""
-    return f" ({'…' if low is None else low} to {'…' if high is None else high})"
+    if high is None:
+        return f" (at least {low})" if above is None else f" ({low})"
+    if low is None:
+        return f" (at most {high})"
+    return f" ({low} to {high})"
+
+
+titles: dict[str, str] = {}
+"""The component schemas' titles by name: the name may be qualified where two titles collide."""
+
+
+def _learn_titles(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"].items()
+    titles.update({name: schema.get("title", name) for name, schema in schemas})
 
 
 def _anchor(name: str) -> str:
