@@ -5,9 +5,8 @@ The server locks and installs the folder like `modelmora add` would, writes `mod
 201 when it is done; a Hub source answers 202, and the script polls `GET /registrations/ID`.
 Registering needs the admin scope, which the server's own `--api-key` has.
 
-    cd my-project && modelmora serve --api-key s3cret     # any project, even an empty one
-    python examples/register_and_infer.py --key s3cret --name my-model \
-        --source /path/to/a/model/folder --task embedding "first text" "second text"
+    cd my-project && modelmora serve --api-key s3cret    # any project, even an empty one
+    python examples/register_and_infer.py --key s3cret --source ./my-model --task embedding hi
 
 Options: `--url` (or MODELMORA_URL, default http://127.0.0.1:8000), `--key` (or
 MODELMORA_API_KEY), `--name`, `--source` (a folder, or hf://ORG/REPO), `--task` (when the
