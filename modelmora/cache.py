@@ -318,8 +318,16 @@ class Cache:
         blob.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp, blob)
 
-    def store_stream(self, chunks: Iterable[bytes], on_bytes: OnBytes | None = None) -> LockedFile:
-        """Store bytes whose hash we do not know yet (small Hub files, URLs at lock time)."""
+    def store_stream(
+        self,
+        chunks: Iterable[bytes],
+        on_bytes: OnBytes | None = None,
+        expected: LockedFile | None = None,
+    ) -> LockedFile:
+        """Store bytes whose hash we do not know yet (small Hub files, URLs at lock time).
+
+        With `expected`, bytes whose sha256 or size differ are refused before they are published.
+        """
         digest, size = hashlib.sha256(), 0
         fd, name = tempfile.mkstemp(prefix="stream.", suffix=".tmp", dir=self.tmp)
         temp = Path(name)
@@ -334,6 +342,8 @@ class Cache:
                 out.flush()
                 os.fsync(out.fileno())
             file = LockedFile(path="", size=size, sha256=digest.hexdigest())
+            if expected is not None:
+                _check_expected(file, expected)
             self._claim({file.sha256}, set())
             with self.lock(file.sha256):
                 if not self.has_blob(file):
@@ -560,6 +570,14 @@ def _check_digest(partial: Path, file: LockedFile, actual: str) -> None:
         f"expected {file.size})",
         "the download was deleted; try again, or `modelmora lock --upgrade` if upstream changed",
     )
+
+
+def _check_expected(file: LockedFile, expected: LockedFile) -> None:
+    if (file.sha256, file.size) != (expected.sha256, expected.size):
+        raise IntegrityError(
+            f"{expected.path or expected.sha256}: sha256 mismatch: expected {expected.sha256}, "
+            f"got {file.sha256} ({file.size} bytes, expected {expected.size})"
+        )
 
 
 def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:

@@ -10,6 +10,7 @@
     │   └── TransientError   a reset, a timeout, HTTP 429 or 5xx: retried, then reported
     ├── IntegrityError       bytes do not match their sha256
     ├── CacheError           the cache is in a state we cannot use
+    ├── BundleError          a file is not a modelmora bundle, or one of another format version
     └── ServeError           a request cannot be served (carries an HTTP status and a code)
         ├── UnknownModelError 404, JobNotFoundError 404, JobNotCancellableError 409
         ├── ConflictError 409 (a version change the model's state refuses)
@@ -75,6 +76,10 @@ class IntegrityError(ModelmoraError):
 
 
 class CacheError(ModelmoraError):
+    pass
+
+
+class BundleError(ModelmoraError):
     pass
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from modelmora.audit import AuditEntry
+    from modelmora.bundle import CreateResult, ImportResult
     from modelmora.cache import GcReport
     from modelmora.diskuse import CacheUse, ModelUse, SnapshotUse
     from modelmora.keys import ApiKey
@@ -235,6 +236,48 @@ def cache_model_json(model: ModelUse, by_path: dict[Path, SnapshotUse]) -> Cache
         "snapshot": snapshot_label(model.snapshot),
         "size": found.size if found else 0,
         "installed": found is not None,
+    }
+
+
+class BundleCreateJson(TypedDict):
+    """`modelmora bundle create --json`."""
+
+    output: str
+    models: list[str]
+    blobs: int
+    blob_bytes: int
+    size: int
+    sha256: str
+
+
+class BundleImportJson(TypedDict):
+    """`modelmora bundle import --json`."""
+
+    models: list[str]
+    blobs_stored: int
+    bytes_stored: int
+    blobs_skipped: int
+    snapshots: int
+
+
+def bundle_create_json(result: CreateResult, output: str) -> BundleCreateJson:
+    return {
+        "output": output,
+        "models": list(result.models),
+        "blobs": result.blobs,
+        "blob_bytes": result.blob_bytes,
+        "size": result.size,
+        "sha256": result.sha256,
+    }
+
+
+def bundle_import_json(result: ImportResult) -> BundleImportJson:
+    return {
+        "models": list(result.models),
+        "blobs_stored": result.blobs_stored,
+        "bytes_stored": result.bytes_stored,
+        "blobs_skipped": result.blobs_skipped,
+        "snapshots": result.snapshots,
     }
 
 

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
+_DONE = {"Bundling": "bundled", "Importing": "imported"}  # a file is "fetched" otherwise
+
+
 class SilentProgress:
     def begin(self, files: int, total_bytes: int, verb: str = "Downloading") -> None:
         pass
@@ -30,10 +33,12 @@ class PlainProgress(SilentProgress):
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.write = write
+        self.done = "fetched"
         self.labels: dict[str, tuple[str, int]] = {}
         self.lock = threading.Lock()
 
     def begin(self, files: int, total_bytes: int, verb: str = "Downloading") -> None:
+        self.done = _DONE.get(verb, "fetched")
         if files:
             noun = "file" if files == 1 else "files"
             self.write(f"{verb} {files} {noun} ({total_bytes / 1e6:.1f} MB)")
@@ -45,7 +50,7 @@ class PlainProgress(SilentProgress):
     def finish(self, key: str) -> None:
         with self.lock:
             label, size = self.labels.pop(key)
-            self.write(f"  fetched {label} ({size / 1e6:.1f} MB)")
+            self.write(f"  {self.done} {label} ({size / 1e6:.1f} MB)")
 
 
 class RichProgress(SilentProgress):

@@ -19,6 +19,7 @@ PACKAGE_MANAGER = [
     "modelmora.progress",
     "modelmora.diskuse",
     "modelmora.output",
+    "modelmora.bundle",
 ]
 SERVER_PROCESS = [
     "modelmora.serve.app",

@@ -7,9 +7,10 @@ caching.py  the shared cache: dir, verify, gc, du, list
 keys.py     API keys and the audit log: keys create, keys list, keys revoke, audit
 versions.py model versions: versions, route, promote, rollback, deprecate
 export.py   Kubernetes manifests: export helm, export kserve
+bundle.py   offline bundles: bundle create, bundle import
 """
 
-from modelmora.cli import caching, export, keys, manage, serving, versions  # noqa: F401  (importing registers the commands)
+from modelmora.cli import bundle, caching, export, keys, manage, serving, versions  # noqa: F401  (importing registers the commands)
 from modelmora.cli.app import app, main
 
 __all__ = ["app", "main"]

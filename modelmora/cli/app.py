@@ -121,17 +121,19 @@ def current_project() -> Project:
     return find_project(options.project)
 
 
+INTERRUPTED_DOWNLOADS = "partial downloads are kept in the cache; `modelmora install` resumes them"
+
+
 @contextmanager
-def download_progress(enabled: bool = True) -> Iterator[Progress]:
-    """Download progress for `add` and `install`; on Ctrl-C, say what becomes of the downloads."""
+def download_progress(
+    enabled: bool = True, interrupted: str = INTERRUPTED_DOWNLOADS
+) -> Iterator[Progress]:
+    """Progress for `add`, `install` and bundles; on Ctrl-C, say what became of the work."""
     try:
         with _progress_display(enabled) as progress:
             yield progress
     except KeyboardInterrupt:
-        console(stderr=True).print(
-            "[bold red]interrupted:[/] partial downloads are kept in the cache; "
-            "`modelmora install` resumes them"
-        )
+        console(stderr=True).print(f"[bold red]interrupted:[/] {interrupted}")
         raise SystemExit(130) from None
 
 
