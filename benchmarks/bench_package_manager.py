@@ -1,4 +1,4 @@
-"""Package-manager benchmark: cold and warm installs, cache verify, CLI start-up. Prints a table.
+"""Package-manager benchmark: cold and warm installs, cache verify, bundles, CLI start-up.
 
     python benchmarks/bench_package_manager.py [--size-mb 200] [--rounds 3]
 
@@ -148,6 +148,50 @@ def verify_speed(base: Path) -> list[tuple[str, str]]:
     ]
 
 
+def bundle_speed(base: Path) -> list[tuple[str, str]]:
+    """`bundle create` and `bundle import` of the cold-install project, beside tar and cp -r."""
+    from modelmora import bundle
+    from modelmora.cache import Cache
+    from modelmora.project import Project
+
+    cache = Cache(base / "cold-0" / "modelmora")
+    lock = Project(base / "cold-0" / "project").lock()
+    size = sum(blob.size for blob in bundle.blobs_of(lock.models.values())) / 1e6
+    out, tar_out = base / "models.tar", base / "blobs.tar"
+    create = statistics.median(
+        timed(lambda: bundle.create_file(lock, cache, out)) for _ in range(3)
+    )
+
+    def import_fresh(name: str) -> None:
+        with out.open("rb") as stream:
+            bundle.import_bundle(stream, Cache(base / name), label="models.tar")
+
+    imports = [timed(partial(import_fresh, f"import-{i}")) for i in range(3)]
+    blobs = str(cache.root / "blobs")
+    tar_c = timed(partial(_run, ["tar", "cf", str(tar_out), "-C", blobs, "."]))
+    (base / "untar").mkdir()
+    tar_x = timed(partial(_run, ["tar", "xf", str(tar_out), "-C", str(base / "untar")]))
+    copy = timed(partial(_run, ["cp", "-r", blobs, str(base / "copied")]))
+    return [
+        (f"bundle create {size:.0f} MB (sha256 re-checked)", _speed(create, size)),
+        (
+            f"bundle import {size:.0f} MB (sha256 checked, fsync)",
+            _speed(statistics.median(imports), size),
+        ),
+        (f"  tar cf of the cache's blobs {size:.0f} MB (no check)", _speed(tar_c, size)),
+        ("  tar xf of that tar (no check, no fsync)", _speed(tar_x, size)),
+        ("  cp -r of the cache's blobs (no check, no fsync)", _speed(copy, size)),
+    ]
+
+
+def _run(command: list[str]) -> None:
+    subprocess.run(command, check=True)
+
+
+def _speed(seconds: float, mb: float) -> str:
+    return f"{seconds:.2f} s = {mb / seconds:.0f} MB/s"
+
+
 def help_time() -> list[tuple[str, str]]:
     command = [sys.executable, "-m", "modelmora", "--help"]
     runs = [
@@ -178,6 +222,7 @@ def main() -> None:
         rows = cold_install(base, args.size_mb, args.rounds)
         rows += warm_install(base, hub)
         rows += verify_speed(base)
+        rows += bundle_speed(base)
         rows += help_time()
     width = max(len(name) for name, _ in rows)
     print(f"{'measure':<{width}}  result")

@@ -25,13 +25,13 @@ import re
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from modelmora import lockfile
 from modelmora.cache import Cache, OnBytes, check_relative
-from modelmora.errors import BundleError, IntegrityError, LockError, ModelmoraError
+from modelmora.errors import BundleError, CacheError, IntegrityError, LockError, ModelmoraError
 from modelmora.files import CHUNK, current_umask
 from modelmora.lockfile import Lock, LockedFile, LockedModel
 from modelmora.progress import SilentProgress
@@ -90,6 +90,35 @@ def _unknown_model(name: str, names: list[str]) -> LockError:
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"pick from: {', '.join(names)}"
     return LockError(f"no model named '{name}' in {lockfile.LOCK_NAME}", hint)
+
+
+def cache_lock(cache: Cache) -> Lock:
+    """Every model that a project registered in `cache` locks and the cache holds whole, once per
+    snapshot, named FOLDER/NAME after its project: what `modelmora cache export` bundles."""
+    from modelmora.project import registered_locks
+
+    found: dict[Path, LockedModel] = {}
+    for project, lock in sorted(registered_locks(cache), key=lambda item: str(item[0].root)):
+        for model in lock.models.values():
+            if all(cache.has_blob(file) for file in model.files):
+                named = replace(model, name=f"{project.root.name}/{model.name}")
+                found.setdefault(cache.snapshot_path(model), named)
+    if not found:
+        raise CacheError(
+            f"no project has installed models in the cache {cache.root}",
+            "run `modelmora install` in a project first",
+        )
+    return Lock().with_models(_unique_names(found.values()))
+
+
+def _unique_names(models: Iterable[LockedModel]) -> list[LockedModel]:
+    """`NAME`, then `NAME~2`, `NAME~3` for other snapshots under the same name."""
+    counts: dict[str, int] = {}
+    unique = []
+    for model in models:
+        counts[model.name] = count = counts.get(model.name, 0) + 1
+        unique.append(model if count == 1 else replace(model, name=f"{model.name}~{count}"))
+    return unique
 
 
 def blobs_of(models: Iterable[LockedModel]) -> list[LockedFile]:
@@ -181,9 +210,10 @@ def _check_cached(lock: Lock, cache: Cache) -> None:
 
 
 def _writer(out: _HashingWriter) -> tarfile.TarFile:
-    """A pax tar stream; its bytes depend on the members only, not on `bufsize`."""
-    sink = cast("BinaryIO", out)  # a stream-mode ("w|") tar only ever calls `write`
-    return tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
+    """A pax tar written straight to `out` in 1 MiB copies; plain "w" mode never seeks, and its
+    bytes are those of a stream-mode tar: headers, data, padding, end blocks, a full record."""
+    sink = cast("BinaryIO", out)  # only `write` and `tell` are called in "w" mode
+    return tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK)
 
 
 def _reader(stream: BinaryIO, label: str) -> tarfile.TarFile:
@@ -231,6 +261,9 @@ class _HashingWriter:
         self.digest.update(data)
         self.size += len(data)
         return self.out.write(data)
+
+    def tell(self) -> int:
+        return self.size
 
 
 class _HashingReader:

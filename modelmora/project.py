@@ -798,6 +798,11 @@ def _known_files(cache: Cache) -> dict[str, tuple[Project, LockedModel, LockedFi
     return known
 
 
+def registered_locks(cache: Cache) -> list[tuple[Project, Lock]]:
+    """The lock of every project that installed into `cache` (gone projects are forgotten)."""
+    return _registered_locks(cache)
+
+
 def _registered_locks(cache: Cache) -> list[tuple[Project, Lock]]:
     found, gone = [], set()
     for root in cache.projects():

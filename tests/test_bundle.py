@@ -296,6 +296,37 @@ def test_bad_input_gets_one_line_with_the_fix(
     assert list(Cache().blobs.parent.parent.glob("snapshots/*")) == []
 
 
+def test_cache_export_carries_every_installed_model_of_every_project(
+    demo: Project,
+    fake_hub: FakeHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_run: Cli,
+) -> None:
+    fake_hub.add_commit("acme/c", tiny_repo(2, SIZE))
+    other = make_project(tmp_path / "other", {"a": hub_model("acme/c"), "b": hub_model("acme/b")})
+    project.install(other)
+    out = tmp_path / "ci-cache.tar"
+    exported = json.loads(cli_run("cache", "export", "-o", str(out), "--json", cwd=tmp_path).stdout)
+    # other's b is demo's b (same files, one snapshot): it travels once.
+    assert exported["models"] == ["demo/a", "demo/b", "other/a"] and exported["blobs"] == 5
+
+    go_offline(fake_hub, monkeypatch)
+    use_cache(monkeypatch, tmp_path / "ci-runner-cache")
+    imported = cli_run("cache", "import", str(out), "--json", cwd=tmp_path)
+    assert json.loads(imported.stdout)["snapshots"] == 3
+    for each in (demo, other):
+        installed = cli_run("install", "--frozen", "--offline", "--json", cwd=each.root)
+        assert json.loads(installed.stdout)["files_downloaded"] == 0
+
+    empty = use_cache(monkeypatch, tmp_path / "unused-cache")
+    assert (
+        "no project has installed models in the cache"
+        in cli_run("cache", "export", "-o", str(out), cwd=tmp_path, code=1).stderr
+    )
+    assert empty.blob_digests() == []
+
+
 @pytest.mark.slow
 def test_a_bundle_streams_through_a_pipe(demo: Project, tmp_path: Path) -> None:
     """`bundle create -o - | bundle import -`: two real processes, no file in between."""

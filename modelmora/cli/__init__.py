@@ -7,7 +7,7 @@ caching.py  the shared cache: dir, verify, gc, du, list
 keys.py     API keys and the audit log: keys create, keys list, keys revoke, audit
 versions.py model versions: versions, route, promote, rollback, deprecate
 export.py   Kubernetes manifests: export helm, export kserve
-bundle.py   offline bundles: bundle create, bundle import
+bundle.py   offline bundles: bundle create, bundle import, cache export, cache import
 """
 
 from modelmora.cli import bundle, caching, export, keys, manage, serving, versions  # noqa: F401  (importing registers the commands)

@@ -1,5 +1,5 @@
 """`modelmora bundle create|import`: a lock's models in one verified tar, for machines without
-the Hub (docs/bundles.md)."""
+the Hub; `modelmora cache export|import`: the same for every installed model (docs/bundles.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import typer
 from modelmora import output
 from modelmora.cli.app import (
     app,
+    cache_app,
     console,
     current_project,
     download_progress,
@@ -56,7 +57,24 @@ def create(
     """Pack the project's lock (or the models NAMES) and every file they need into one tar."""
     from modelmora import bundle
 
-    lock = bundle.select(current_project().lock(), names or [])
+    _write(bundle.select(current_project().lock(), names or []), output_path, as_json)
+
+
+@cache_app.command("export")
+def cache_export(
+    output_path: str = typer.Option(
+        ..., "--output", "-o", help="The bundle file to write, or - for stdout."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Bundle every installed model of every project that uses this cache (e.g. a CI cache)."""
+    from modelmora import bundle
+    from modelmora.cache import Cache
+
+    _write(bundle.cache_lock(Cache()), output_path, as_json)
+
+
+def _write(lock: Lock, output_path: str, as_json: bool) -> None:
     if output_path == STDIO:
         _check_stdout(as_json)
     with download_progress(not as_json, CREATE_INTERRUPTED) as progress:
@@ -107,6 +125,19 @@ def import_bundle(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Verify every file of a bundle and store it in the cache, with its models' snapshots."""
+    _read(source, as_json)
+
+
+@cache_app.command("import")
+def cache_import(
+    source: str = typer.Argument(metavar="FILE", help="The bundle to import, or - for stdin."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fill the cache from `modelmora cache export` (or any bundle); same as `bundle import`."""
+    _read(source, as_json)
+
+
+def _read(source: str, as_json: bool) -> None:
     from modelmora import bundle
     from modelmora.cache import Cache
 
