@@ -150,7 +150,7 @@ def verify_speed(base: Path) -> list[tuple[str, str]]:
 
 def bundle_speed(base: Path) -> list[tuple[str, str]]:
     """`bundle create` and `bundle import` of the cold-install project, beside tar and cp -r."""
-    from modelmora import bundle
+    from modelmora import bundle, bundleimport
     from modelmora.cache import Cache
     from modelmora.project import Project
 
@@ -164,7 +164,7 @@ def bundle_speed(base: Path) -> list[tuple[str, str]]:
 
     def import_fresh(name: str) -> None:
         with out.open("rb") as stream:
-            bundle.import_bundle(stream, Cache(base / name), label="models.tar")
+            bundleimport.import_bundle(stream, Cache(base / name), label="models.tar")
 
     imports = [timed(partial(import_fresh, f"import-{i}")) for i in range(3)]
     blobs = str(cache.root / "blobs")

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from modelmora.audit import AuditEntry
-    from modelmora.bundle import CreateResult, ImportResult
+    from modelmora.bundle import CreateResult
+    from modelmora.bundleimport import ImportResult
     from modelmora.cache import GcReport
     from modelmora.diskuse import CacheUse, ModelUse, SnapshotUse
     from modelmora.keys import ApiKey

@@ -21,7 +21,7 @@ from clirun import Result
 from fakehub import FakeHub
 from test_project import hub_model, make_project, snapshot_digests, tiny_repo
 
-from modelmora import bundle, project
+from modelmora import bundle, bundleimport, project
 from modelmora.cache import Cache
 from modelmora.errors import IntegrityError, LockError
 from modelmora.lockfile import Lock, LockedFile, LockedModel
@@ -115,7 +115,7 @@ def test_the_same_lock_gives_the_same_bundle_bytes(
     # Made again from another cache that was filled from the bundle: still the same bytes.
     other = use_cache(monkeypatch, tmp_path / "other-cache")
     with one.open("rb") as stream:
-        bundle.import_bundle(stream, other, label="one.tar")
+        bundleimport.import_bundle(stream, other, label="one.tar")
     bundle.create_file(lock, other, three)
     assert one.read_bytes() == two.read_bytes() == three.read_bytes()
     assert first.size == one.stat().st_size
@@ -153,9 +153,9 @@ def test_a_tampered_blob_is_refused_by_name_and_nothing_of_it_is_stored(
 
     # A blob the cache holds already is checked too: the bundle is still refused.
     with good.open("rb") as stream:
-        bundle.import_bundle(stream, cache, label="good.tar")
+        bundleimport.import_bundle(stream, cache, label="good.tar")
     with path.open("rb") as stream, pytest.raises(IntegrityError, match=bad):
-        bundle.import_bundle(stream, cache, label="models.tar")
+        bundleimport.import_bundle(stream, cache, label="models.tar")
 
 
 def test_a_truncated_bundle_is_refused_naming_the_file_then_a_rerun_resumes(
@@ -169,7 +169,7 @@ def test_a_truncated_bundle_is_refused_naming_the_file_then_a_rerun_resumes(
 
     inside = io.BytesIO(path.read_bytes()[: offset + size // 2])  # the copy stopped mid-file
     with pytest.raises(IntegrityError, match=f"{bad}: the bundle ends inside it"):
-        bundle.import_bundle(inside, cache, label="models.tar")
+        bundleimport.import_bundle(inside, cache, label="models.tar")
     assert bad.rsplit("/", 1)[1] not in cache.blob_digests()
     assert leftovers(cache) == [] and cache.verify() == []
     assert not cache.snapshots.exists() or list(cache.snapshots.iterdir()) == []
@@ -177,15 +177,15 @@ def test_a_truncated_bundle_is_refused_naming_the_file_then_a_rerun_resumes(
     last = sorted(n for n in member_offsets(path) if n.startswith("blobs/"))[-1]
     cut = member_offsets(path)[last][0] - 512  # just before the last member's header
     with pytest.raises(IntegrityError, match=f"truncated or damaged: {last} is missing"):
-        bundle.import_bundle(io.BytesIO(path.read_bytes()[:cut]), cache, label="models.tar")
+        bundleimport.import_bundle(io.BytesIO(path.read_bytes()[:cut]), cache, label="models.tar")
     before = len(cache.blob_digests())
     assert before == whole.blobs - 1 and cache.verify() == []
 
     with path.open("rb") as stream:
-        resumed = bundle.import_bundle(stream, cache, label="models.tar")
+        resumed = bundleimport.import_bundle(stream, cache, label="models.tar")
     assert (resumed.blobs_skipped, resumed.blobs_stored) == (before, 1)
     with path.open("rb") as stream:
-        again = bundle.import_bundle(stream, cache, label="models.tar")
+        again = bundleimport.import_bundle(stream, cache, label="models.tar")
     assert (again.blobs_skipped, again.blobs_stored) == (whole.blobs, 0)
 
 
@@ -204,7 +204,7 @@ def test_names_pick_a_subset_and_a_name_takes_all_its_versions(
     assert manifest["format"] == "modelmora-bundle" and manifest["version"] == 1
     cache = use_cache(monkeypatch, tmp_path / "second-cache")
     with path.open("rb") as stream:
-        assert bundle.import_bundle(stream, cache, label="a.tar").models == ("a",)
+        assert bundleimport.import_bundle(stream, cache, label="a.tar").models == ("a",)
     assert cache.has_snapshot(demo.lock().models["a"])
     assert not cache.has_snapshot(demo.lock().models["b"])
 

@@ -20,6 +20,7 @@ PACKAGE_MANAGER = [
     "modelmora.diskuse",
     "modelmora.output",
     "modelmora.bundle",
+    "modelmora.bundleimport",
 ]
 SERVER_PROCESS = [
     "modelmora.serve.app",

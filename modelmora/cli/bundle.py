@@ -3,6 +3,7 @@ the Hub; `modelmora cache export|import`: the same for every installed model (do
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,8 +90,15 @@ def _create(lock: Lock, output_path: str, progress: Progress) -> CreateResult:
     from modelmora.cache import Cache
 
     if output_path == STDIO:
-        result = bundle.create(lock, Cache(), sys.stdout.buffer, progress)
-        sys.stdout.buffer.flush()
+        try:
+            result = bundle.create(lock, Cache(), sys.stdout.buffer, progress)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+            raise BundleError(
+                "the command reading the bundle from stdout stopped before its end",
+                "see that command's error",
+            ) from None
         return result
     return bundle.create_file(lock, Cache(), Path(output_path), progress)
 
@@ -138,12 +146,12 @@ def cache_import(
 
 
 def _read(source: str, as_json: bool) -> None:
-    from modelmora import bundle
+    from modelmora import bundleimport
     from modelmora.cache import Cache
 
     label = "stdin" if source == STDIO else source
     with _opened(source) as stream, download_progress(not as_json, IMPORT_INTERRUPTED) as progress:
-        result = bundle.import_bundle(stream, Cache(), label=label, progress=progress)
+        result = bundleimport.import_bundle(stream, Cache(), label=label, progress=progress)
     if as_json:
         return emit_json(output.bundle_import_json(result))
     stored = f"{plural(result.blobs_stored, 'file')} ({human_size(result.bytes_stored)})"
@@ -164,5 +172,9 @@ def _opened(source: str) -> Iterator[BinaryIO]:
         raise BundleError(f"no bundle at {source}", "check the path") from None
     except IsADirectoryError:
         raise BundleError(f"{source} is a folder, not a bundle", "name the bundle file") from None
+    except OSError as error:
+        raise BundleError(
+            f"cannot read {source}: {error.strerror}", "check its permissions"
+        ) from None
     with stream:
         yield stream
