@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from modelmora import output
+from modelmora.bundle import CreateResult
+from modelmora.bundleimport import ImportResult
 from modelmora.cache import GcReport
 from modelmora.lockfile import LockedFile
 from modelmora.project import InstallResult, ModelInfo, VerifyResult
@@ -25,6 +27,8 @@ RECORDS: list[Any] = [
     output.CacheDuJson,
     output.SnapshotJson,
     output.CacheModelJson,
+    output.BundleCreateJson,
+    output.BundleImportJson,
 ]
 
 
@@ -43,6 +47,11 @@ def test_records_hold_plain_json_values_with_exactly_the_declared_fields() -> No
         (output.model_json(info, files=True), output.ModelJson),
         (output.verify_json(VerifyResult(3, 30, ("x",), (), ("x",))), output.VerifyJson),
         (output.gc_json(GcReport(1, 2, 3), [], dry_run=True), output.GcJson),
+        (
+            output.bundle_create_json(CreateResult(("m",), 2, 20, 10240, "ab" * 32), "m.tar"),
+            output.BundleCreateJson,
+        ),
+        (output.bundle_import_json(ImportResult(("m",), 1, 10, 1, 1)), output.BundleImportJson),
     ]
     for record, schema in built:
         assert set(record) == set(schema.__annotations__)

@@ -21,6 +21,7 @@ from modelmora.cli.app import (
     download_progress,
     emit_json,
     human_size,
+    options,
     plural,
     say,
 )
@@ -48,7 +49,9 @@ IMPORT_INTERRUPTED = (
 @bundle_app.command("create")
 def create(
     names: list[str] | None = typer.Argument(
-        None, help="Models to pack; NAME takes all its versions [default: the whole lock]."
+        None,
+        metavar="NAMES",
+        help="Models to pack; NAME takes all its versions [default: the whole lock].",
     ),
     output_path: str = typer.Option(
         ..., "--output", "-o", help="The bundle file to write, or - for stdout."
@@ -121,10 +124,10 @@ def _print_created(result: CreateResult, output_path: str) -> None:
         f"Bundled {plural(len(result.models), 'model')} ({plural(result.blobs, 'file')}, "
         f"{human_size(result.blob_bytes)}) into {where}; sha256 {result.sha256}"
     )
-    if output_path == STDIO:  # stdout carries the bundle
-        console(stderr=True).print(line)
-    else:
+    if output_path != STDIO:
         say(line)
+    elif not options.quiet:  # stdout carries the bundle: the summary goes to stderr
+        console(stderr=True).print(line)
 
 
 @bundle_app.command("import")
