@@ -167,6 +167,11 @@ def _read(source: str, as_json: bool) -> None:
 @contextmanager
 def _opened(source: str) -> Iterator[BinaryIO]:
     if source == STDIO:
+        if sys.stdin.isatty():
+            raise BundleError(
+                "refusing to read a bundle from the terminal",
+                "pipe one in (`... | modelmora bundle import -`) or name the file",
+            )
         yield sys.stdin.buffer
         return
     try:
