@@ -14,9 +14,9 @@ import hashlib
 import json
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from modelmora import lockfile
 from modelmora.bundle import (
@@ -82,10 +82,19 @@ def import_bundle(
 
 
 def _reader(stream: BinaryIO, label: str) -> tarfile.TarFile:
+    arriving = cast("BinaryIO", _Arriving(stream))  # a stream-mode ("r|") tar only calls `read`
     try:
-        return tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+        return tarfile.open(fileobj=arriving, mode="r|", bufsize=CHUNK)
     except tarfile.ReadError as error:
         raise _not_a_bundle(label, f"it is not a tar archive ({error})") from None
+
+
+class _Arriving:
+    """Hands tarfile what a pipe has delivered (`read1`: one read, however short), so each blob
+    is checked and stored as it arrives instead of once a whole MiB has come."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.read: Callable[[int], bytes] = getattr(stream, "read1", stream.read)
 
 
 def _read_manifest(tar: tarfile.TarFile, label: str) -> Lock:

@@ -20,6 +20,7 @@ import pytest
 from clirun import Result
 from fakehub import FakeHub
 from test_project import hub_model, make_project, snapshot_digests, tiny_repo
+from waiting import eventually
 
 from modelmora import bundle, bundleimport, project
 from modelmora.cache import Cache
@@ -348,6 +349,35 @@ def test_a_bundle_streams_through_a_pipe(demo: Project, tmp_path: Path) -> None:
     piped = Cache(tmp_path / "piped-cache")
     assert blob_bytes(piped) == blob_bytes(Cache())
     assert all(piped.has_snapshot(model) for model in demo.lock().models.values())
+
+
+@pytest.mark.slow
+def test_an_import_killed_midway_completes_when_run_again(demo: Project, tmp_path: Path) -> None:
+    """A real `bundle import -` killed (SIGKILL) inside a blob; the rerun stores only the rest."""
+    path = tmp_path / "models.tar"
+    whole = bundle.create_file(demo.lock(), Cache(), path)
+    offsets = {n: where for n, where in member_offsets(path).items() if n.startswith("blobs/")}
+    cut_in = max((n for n in offsets if offsets[n][1] == SIZE), key=lambda n: offsets[n][0])
+    offset, size = offsets[cut_in]
+    before = [n.rsplit("/", 1)[1] for n in offsets if offsets[n][0] < offset]
+    target = Cache(tmp_path / "second-cache")
+    env = {**os.environ, "MODELMORA_HOME": str(target.root)}
+    command = [sys.executable, "-m", "modelmora", "bundle", "import", "-"]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    ) as child:
+        assert child.stdin is not None
+        child.stdin.write(path.read_bytes()[: offset + size // 2])
+        child.stdin.flush()
+        eventually(lambda: set(before) <= set(target.blob_digests()), what="the earlier blobs")
+        child.kill()
+    assert before and cut_in.rsplit("/", 1)[1] not in target.blob_digests()
+    assert target.verify() == []
+
+    with path.open("rb") as stream:
+        resumed = bundleimport.import_bundle(stream, target, label="models.tar")
+    assert (resumed.blobs_skipped, resumed.blobs_stored) == (len(before), whole.blobs - len(before))
+    assert all(target.has_snapshot(model) for model in demo.lock().models.values())
 
 
 def test_blobs_of_lists_each_blob_once_in_hash_order() -> None:
