@@ -35,7 +35,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 MANIFEST_NAME = "modelmora.toml"
-BUILTIN_TASKS = ("embedding", "text-classification", "text-generation")
+BUILTIN_TASKS = ("embedding", "text-classification", "text-generation", "text-to-image")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 DEFAULT_INCLUDE = ("*.json", "*.txt", "*.safetensors", "*.model", "*.tiktoken", "*.jinja")
 # A repository's own ONNX export (sentence-transformers, Xenova...): used as is, else exported.

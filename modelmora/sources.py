@@ -65,6 +65,7 @@ _PIPELINE_TASKS = {
     "text-generation": "text-generation",
     "text2text-generation": "text-generation",
     "text-classification": "text-classification",
+    "text-to-image": "text-to-image",
 }
 
 

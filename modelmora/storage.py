@@ -37,10 +37,10 @@ def expiry(now: datetime, lifetime: float) -> datetime:
     return now.astimezone(timezone.utc).replace(microsecond=0) + timedelta(seconds=int(lifetime))
 
 
-def object_key(prefix: str, data: bytes) -> tuple[str, str]:
+def object_key(prefix: str, data: bytes, suffix: str = ".json") -> tuple[str, str]:
     """The object's key (content-addressed: the same result is stored once) and its sha256."""
     digest = hashlib.sha256(data).hexdigest()
-    return f"{prefix}{digest}.json", digest
+    return f"{prefix}{digest}{suffix}", digest
 
 
 class Storage:
@@ -55,9 +55,11 @@ class Storage:
     def threshold(self) -> int:
         return self.table.threshold
 
-    def put(self, data: bytes, content_type: str = CONTENT_TYPE) -> StoredObject:
+    def put(
+        self, data: bytes, content_type: str = CONTENT_TYPE, suffix: str = ".json"
+    ) -> StoredObject:
         """Store `data` and presign a GET of it; UnavailableError says why it could not be."""
-        key, digest = object_key(self.table.prefix, data)
+        key, digest = object_key(self.table.prefix, data, suffix)
         where = f"s3://{self.table.bucket}/{key}"
         try:
             client = self.client()

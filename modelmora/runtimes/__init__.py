@@ -29,6 +29,7 @@ BUILTIN_RUNTIMES = {
     "embedding": "modelmora.runtimes.embedding:EmbeddingRuntime",
     "text-classification": "modelmora.runtimes.classification:ClassificationRuntime",
     "text-generation": "modelmora.runtimes.generation:GenerationRuntime",
+    "text-to-image": "modelmora.runtimes.image:ImageRuntime",
 }
 ONNX_RUNTIMES = {
     "embedding": "modelmora.runtimes.onnx:OnnxEmbeddingRuntime",

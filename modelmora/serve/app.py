@@ -26,7 +26,7 @@ from modelmora import __version__, registry, versions
 from modelmora.errors import ModelmoraError, ServeError
 from modelmora.project import Project
 from modelmora.routing import Route
-from modelmora.serve.api import inference, jobs, native, oip, openai
+from modelmora.serve.api import images, inference, jobs, native, oip, openai
 from modelmora.serve.api import versions as version_routes
 from modelmora.serve.api.auth import AuthMiddleware, KeyRing
 from modelmora.serve.api.http import AppState, handle_http_exception, handle_serve_error
@@ -57,6 +57,7 @@ ENDPOINTS = [
     *version_routes.ENDPOINTS,
     *jobs.ENDPOINTS,
     *openai.ENDPOINTS,
+    *images.ENDPOINTS,
     *oip.ENDPOINTS,
     METRICS_ENDPOINT,
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import sqlite3
@@ -92,6 +93,9 @@ class Job:
     """The API key that submitted the job, whose tokens per minute it spends; None without one."""
     idempotency_key: str | None = None
     """The client's `Idempotency-Key`: the same key (and API key) gets this job back."""
+    progress: Mapping[str, int] | None = None
+    """A running job's last progress report ({"step", "steps"} of text-to-image); kept in
+    memory only, while the job runs."""
 
     @property
     def queue_ms(self) -> float | None:
@@ -122,6 +126,7 @@ class JobStore:
         self.retention = retention
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
+        self._progress: dict[str, Mapping[str, int]] = {}
 
     async def open(self) -> JobStore:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="modelmora-jobs")
@@ -177,7 +182,16 @@ class JobStore:
         return await self._run(self._insert, (*row, idempotency_key))
 
     async def get(self, job_id: str) -> Job:
-        return await self._run(self._get, job_id)
+        return self._with_progress(await self._run(self._get, job_id))
+
+    def report_progress(self, job_id: str, progress: Mapping[str, int]) -> None:
+        """A running job's progress, which `get` and `list_jobs` show until it finishes; kept in
+        memory: a report costs no disk write."""
+        self._progress[job_id] = progress
+
+    def _with_progress(self, job: Job) -> Job:
+        progress = self._progress.get(job.id) if job.state == "running" else None
+        return job if progress is None else dataclasses.replace(job, progress=progress)
 
     async def list_jobs(
         self,
@@ -192,7 +206,8 @@ class JobStore:
             raise InvalidInputError(f"state '{state}' is not one of {', '.join(JOB_STATES)}")
         if page < 1 or limit < 1:
             raise InvalidInputError("page and limit start at 1")
-        return await self._run(self._list, model, state, page, limit)
+        found = await self._run(self._list, model, state, page, limit)
+        return dataclasses.replace(found, jobs=[self._with_progress(job) for job in found.jobs])
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job; cancelling a cancelled job again is fine, a started one is not."""
@@ -204,10 +219,12 @@ class JobStore:
 
     async def mark_succeeded(self, job_id: str, result: Any) -> Job:
         """Finish a running (or, if its start was never written, queued) job with its result."""
+        self._progress.pop(job_id, None)
         return await self._run(self._finish, job_id, "succeeded", _dump(result), None)
 
     async def mark_failed(self, job_id: str, error: Mapping[str, Any]) -> Job:
         """Finish a queued or running job; `error` as the API shows it, e.g. {"code", "message"}."""
+        self._progress.pop(job_id, None)
         return await self._run(self._finish, job_id, "failed", None, _dump(error))
 
     async def requeue_interrupted(self) -> list[Job]:

@@ -10,6 +10,7 @@ answers 200 with the job that key created (`Idempotent-Replayed: true`), so a cl
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelmora.errors import ConflictError, UnavailableError, UnknownModelError
-from modelmora.serve.api import auth, inference, native
+from modelmora.serve.api import auth, images, inference, native
 from modelmora.serve.api.http import (
     AppState,
     PydanticResponse,
@@ -38,6 +39,7 @@ from modelmora.serve.api.schemas import (
 )
 from modelmora.serve.jobrunner import Attempt, JobRunner
 from modelmora.serve.jobstore import Job, JobInput, JobStore
+from modelmora.serve.supervisor import InferenceResult
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -117,27 +119,48 @@ def job_runner(state: AppState, store: JobStore) -> JobRunner:
     """The runner of an app: jobs go through the same scheduler as the live requests."""
 
     async def run(job: Job, attempt: Attempt) -> Any:
-        return await run_job(state, job, attempt)
+        return await run_job(state, job, attempt, store)
 
     return JobRunner(store, run, lambda model: job_slots(state, model))
 
 
-async def run_job(state: AppState, job: Job, attempt: Attempt) -> Any:
+async def run_job(
+    state: AppState, job: Job, attempt: Attempt, store: JobStore | None = None
+) -> Any:
     """The job as its model's `/infer` request, queued as background work; its tokens count
-    against the tokens per minute of the key that submitted it, as a request's do."""
+    against the tokens per minute of the key that submitted it, as a request's do. `store` takes
+    the progress that a text-to-image job reports."""
     body = job_body(state, job.model, job.input)
     timeout = job.timeout if job.timeout is not None else body.timeout
     deadline = state.supervisor.settings.deadline_after(attempt.taken_at, timeout)
     queueing = inference.Admission(
         job.priority, deadline, background=True, on_start=attempt.on_start
     )
-    outcome = await inference.infer(state, job.model, body.to_runtime(), queueing, body.keep_alive)
+    outcome = await _run(state, job, body, queueing, store)
     if state.keys is not None and job.key_name is not None:  # before the store says succeeded
         state.keys.charge(job.key_name, auth.tokens_used_by(outcome.result))
     # A large result goes to object storage (a storage outage fails the job with the reason);
     # the job keeps where it lies, as `/infer` answers it.
     inline, location = await native.stored_result(state, outcome.result)
     return inline if location is None else {"result_url": location.model_dump(mode="json")}
+
+
+async def _run(
+    state: AppState,
+    job: Job,
+    body: InferOptions,
+    queueing: inference.Admission,
+    store: JobStore | None,
+) -> InferenceResult:
+    """The job's computation; a text-to-image job reports each step as its `progress`, and its
+    images go to object storage when the server has it."""
+    runtime = body.to_runtime()
+    if state.supervisor.model(job.model).task != images.TASK or store is None:
+        return await inference.infer(state, job.model, runtime, queueing, body.keep_alive)
+    report = lambda progress: store.report_progress(job.id, progress.model_dump())  # noqa: E731
+    outcome = await images.generate(state, job.model, runtime, queueing, body.keep_alive, report)
+    stored = await images.store_images(state, outcome.result)
+    return dataclasses.replace(outcome, result=stored)
 
 
 def job_slots(state: AppState, model: str) -> int:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modelmora import __version__
-from modelmora.serve.api import inference
+from modelmora.serve.api import images, inference
 from modelmora.serve.api.auth import record_admin, require_admin
 from modelmora.serve.api.http import (
     AppState,
@@ -24,6 +24,7 @@ from modelmora.serve.api.http import (
 from modelmora.serve.api.openapi import Endpoint
 from modelmora.serve.api.schemas import (
     Health,
+    ImageInferRequest,
     Index,
     InferResponse,
     ModelList,
@@ -136,18 +137,28 @@ async def infer(request: Request) -> Response:
     body = await read_json(request, request_schema(served.task))
     queueing = inference.admission(request, arrival, body.priority, body.timeout)
     runtime = body.to_runtime()
+
+    async def reply(result: InferenceResult) -> InferResponse:
+        record_timing(request, result)
+        answer = result.result
+        if served.task == images.TASK:
+            answer = await images.store_images(state, answer)
+        inline, location = await stored_result(state, answer)
+        return InferResponse(
+            model=found.name,
+            revision=served.revision,
+            result=inline,
+            result_url=location,
+            timing=_timing(result),
+        )
+
+    if isinstance(body, ImageInferRequest) and body.stream:  # never copied to a shadow
+        return await images.progress_stream(
+            state, request, found.name, runtime, queueing, body.keep_alive, reply
+        )
     result = await inference.infer(state, found.name, runtime, queueing, body.keep_alive)
-    record_timing(request, result)
     inference.mirror(state, found, runtime, result.result)
-    inline, location = await stored_result(state, result.result)
-    reply = InferResponse(
-        model=found.name,
-        revision=served.revision,
-        result=inline,
-        result_url=location,
-        timing=_timing(result),
-    )
-    return PydanticResponse(reply)
+    return PydanticResponse(await reply(result))
 
 
 async def stored_result(state: AppState, result: Any) -> tuple[Any, ResultLocation | None]:

@@ -30,7 +30,8 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from modelmora.runtimes import sampling
+from modelmora.errors import ModelmoraError
+from modelmora.runtimes import imageoptions, sampling
 from modelmora.serve.jobstore import Job, JobInput, JobPage, JobState
 from modelmora.serve.scheduler import CRITICAL, LOW, PRIORITIES
 from modelmora.serve.status import ModelState, ModelStatus
@@ -252,6 +253,74 @@ class GenerationInferRequest(GenerationOptions, InferOptions):
         return {"prompt": self.inputs, **self.sampling()}
 
 
+ImageSize = Annotated[
+    str,
+    Field(
+        pattern=imageoptions.SIZE_PATTERN,
+        description=f"WIDTHxHEIGHT, each a multiple of {imageoptions.SIZE_MULTIPLE} up to"
+        f" {imageoptions.MAX_SIDE}; the model's own size if left out",
+    ),
+]
+ImageCount = Annotated[int, within(imageoptions.IMAGES), BeforeValidator(integral)]
+Steps = Annotated[int, within(imageoptions.STEPS), BeforeValidator(integral)]
+Guidance = Annotated[float, within(imageoptions.GUIDANCE)]
+ImageSeed = Annotated[int, within(imageoptions.SEED), BeforeValidator(integral)]
+ImagePrompt = Annotated[str, Field(min_length=1, max_length=imageoptions.MAX_PROMPT_CHARS)]
+
+
+class ImageOptions(RequestBody):
+    """The options of text-to-image; their bounds are `modelmora.runtimes.imageoptions`'s."""
+
+    size: ImageSize | None = None
+    n: ImageCount = 1
+    steps: Steps = imageoptions.DEFAULT_STEPS
+    guidance: Guidance = Field(imageoptions.DEFAULT_GUIDANCE, description="1 or less: none")
+    seed: ImageSeed | None = Field(None, description="image i is drawn from seed + i")
+    negative_prompt: ImagePrompt | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size_in_bounds(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                imageoptions.parse_size(value)
+            except ModelmoraError as error:
+                raise ValueError(str(error).removeprefix("size: ")) from None
+        return value
+
+    def image_options(self) -> dict[str, Any]:
+        """The options as the runtime reads them."""
+        return {
+            "size": self.size,
+            "n": self.n,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+            "negative_prompt": self.negative_prompt,
+        }
+
+
+class ImageInferRequest(ImageOptions, InferOptions):
+    """`/infer` on a text-to-image model: the prompt in `inputs`; PNG images out."""
+
+    inputs: ImagePrompt = Field(description="the prompt")
+    stream: bool = Field(
+        False,
+        description="server-sent events: `progress` ({step, steps}) after each denoising step,"
+        " then `result` (this route's response)",
+    )
+
+    def to_runtime(self) -> dict[str, Any]:
+        return {"prompt": self.inputs, **self.image_options()}
+
+
+class ImageProgress(BaseModel):
+    """One `progress` event of a text-to-image stream, and a running job's `progress`."""
+
+    step: int
+    steps: int
+
+
 class CustomInferRequest(InferOptions):
     """`/infer` on a plugin task: every field but the common options goes to the runtime as is."""
 
@@ -265,6 +334,7 @@ REQUEST_SCHEMAS: dict[str, type[InferOptions]] = {
     "embedding": EmbeddingInferRequest,
     "text-classification": ClassificationInferRequest,
     "text-generation": GenerationInferRequest,
+    "text-to-image": ImageInferRequest,
 }
 
 
@@ -301,7 +371,8 @@ class InferResponse(BaseModel):
         None,
         description="embedding: {embeddings, dimensions, prompt_tokens}; text-classification: "
         "{predictions, prompt_tokens}; text-generation: {text, prompt_tokens, completion_tokens, "
-        "finish_reason}; plugin tasks: what the runtime returns",
+        "finish_reason}; text-to-image: {images: [{b64_json, seed} or {url, expires_at, bytes,"
+        " sha256, seed}], width, height, steps}; plugin tasks: what the runtime returns",
         exclude_if=lambda value: value is None,
     )
     result_url: ResultLocation | None = Field(None, exclude_if=lambda value: value is None)
@@ -571,6 +642,32 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class ImagesRequest(ImageOptions, OpenAIRequest):
+    """`POST /v1/images/generations`; `steps`, `guidance`, `seed` and `negative_prompt` are
+    ModelMora extensions. `response_format` defaults to `url` when the server has object storage
+    (`[storage]`), else to `b64_json`."""
+
+    task: ClassVar[str] = "text-to-image"
+
+    prompt: ImagePrompt
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: Literal["png"] | None = None
+    quality: Annotated[Any, no_op_only("auto", "standard"), no_op_schema("auto", "standard")] = None
+
+    def runtime_request(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, **self.image_options()}
+
+
+class GeneratedImage(BaseModel):
+    b64_json: str | None = Field(None, exclude_if=lambda value: value is None)
+    url: str | None = Field(None, exclude_if=lambda value: value is None)
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[GeneratedImage]
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -617,6 +714,9 @@ class JobInfo(BaseModel):
     attempts: int = Field(description="more than 1 when a restart ran it again")
     result: Any = Field(description="what `/infer/{model}` returns as `result`")
     error: dict[str, Any] | None = Field(description="{code, message} of a failed job")
+    progress: ImageProgress | None = Field(
+        None, description="a running text-to-image job's last finished step, of how many"
+    )
 
     @classmethod
     def from_job(cls, job: Job) -> JobInfo:
@@ -653,6 +753,7 @@ TASK_INPUTS: dict[str, Any] = {
     "embedding": Texts,
     "text-classification": Texts,
     "text-generation": Prompt,
+    "text-to-image": ImagePrompt,
 }
 """What `inputs` takes per built-in task: alone, it is a whole job `input`."""
 
