@@ -150,6 +150,21 @@ def test_a_job_shows_its_progress_then_its_images(url: str) -> None:
     assert decoded(done["result"]["images"][0]["b64_json"]).size == (128, 128)
 
 
+def test_a_job_past_its_timeout_fails_with_the_reason(url: str) -> None:
+    body = {
+        "model": "sd",
+        "input": {"inputs": "a cat", "steps": 200, "size": "128x128"},
+        "timeout": 0.2,  # far less than 200 steps take
+    }
+    job_id = httpx.post(f"{url}/jobs", json=body).json()["id"]
+    done = eventually(
+        lambda: (job := httpx.get(f"{url}/jobs/{job_id}").json())["state"] == "failed" and job,
+        120,
+    )
+
+    assert done["error"]["code"] == "deadline_exceeded" and done["result"] is None
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

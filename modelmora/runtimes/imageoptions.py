@@ -19,7 +19,9 @@ from modelmora.runtimes.sampling import Bounds, integer_option, number_option
 SIZE_MULTIPLE = 8
 """Stable Diffusion's VAE works on blocks of 8 pixels: a side must be a multiple of it."""
 MAX_SIDE = 2048
-SIZE_PATTERN = r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
+_SIDES = "|".join(str(side) for side in range(SIZE_MULTIPLE, MAX_SIDE + 1, SIZE_MULTIPLE))
+SIZE_PATTERN = f"^({_SIDES})x({_SIDES})$"
+"""Exactly the sizes served, so that the published schema accepts no size the runtime refuses."""
 IMAGES = Bounds(1, 8)
 """Images per request (`n`)."""
 STEPS = Bounds(1, 200)
@@ -65,16 +67,15 @@ class ImageParams:
 
 def parse_size(value: object) -> tuple[int, int]:
     """`"512x768"` as (512, 768): each side a multiple of 8, from 8 to MAX_SIDE."""
-    if not isinstance(value, str) or not re.match(SIZE_PATTERN, value):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,6}x[0-9]{1,6}", value):
         raise InvalidInputError(f"size: expected 'WIDTHxHEIGHT' such as '512x512', got {value!r}")
-    width, height = (int(side) for side in value.split("x"))
-    for side in (width, height):
-        if side % SIZE_MULTIPLE or side > MAX_SIDE:
-            raise InvalidInputError(
-                f"size: each side must be a multiple of {SIZE_MULTIPLE} and at most {MAX_SIDE},"
-                f" got {value!r}"
-            )
-    return width, height
+    if not re.fullmatch(SIZE_PATTERN, value):
+        raise InvalidInputError(
+            f"size: each side must be a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to"
+            f" {MAX_SIDE}, got {value!r}"
+        )
+    width, height = value.split("x")
+    return int(width), int(height)
 
 
 def text_option(request: Mapping[str, Any], name: str, required: bool = False) -> str | None:

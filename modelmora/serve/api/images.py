@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from modelmora.errors import ServeError
+from modelmora.errors import DeadlineExceededError, ServeError
 from modelmora.runtimes.imageoptions import CONTENT_TYPE
 from modelmora.serve.api import inference
 from modelmora.serve.api.http import (
@@ -62,17 +62,24 @@ async def generate(
     """Run the model in its turn; with `on_progress`, through its stream, reporting each step."""
     if on_progress is None:
         return await inference.infer(state, name, runtime, queueing, keep_alive)
+    limit = inference.seconds_until(queueing.deadline) or None  # the whole run, as infer's
     exits = AsyncExitStack()
     try:
-        started = time.monotonic()
-        chunks = await inference.open_stream(state, name, runtime, queueing, exits, keep_alive)
-        waited = time.monotonic()
-        result: dict[str, Any] = {}
-        async for chunk in chunks:
-            if "images" in chunk:
-                result = chunk
-            else:
-                on_progress(ImageProgress.model_validate(chunk))
+        with anyio.fail_after(limit):
+            started = time.monotonic()
+            chunks = await inference.open_stream(state, name, runtime, queueing, exits, keep_alive)
+            waited = time.monotonic()
+            result: dict[str, Any] = {}
+            async for chunk in chunks:
+                if "images" in chunk:
+                    result = chunk
+                else:
+                    on_progress(ImageProgress.model_validate(chunk))
+    except TimeoutError:
+        raise DeadlineExceededError(
+            f"model '{name}' did not finish its images within {limit:g} s",
+            hint="pass a longer timeout, or ask for fewer steps or a smaller size",
+        ) from None
     finally:
         await _close(exits)
     return InferenceResult(result, (waited - started) * 1000, 0.0, _ms_since(waited))
@@ -191,8 +198,8 @@ async def create_images(request: Request) -> Response:
     response_format = body.response_format or ("b64_json" if state.storage is None else "url")
     if response_format == "url" and state.storage is None:
         raise _invalid(
-            "response_format 'url' needs object storage: configure [storage] in modelmora.toml,"
-            " or ask for b64_json",
+            "'url' needs object storage: configure [storage] in modelmora.toml, or ask for"
+            " b64_json",
             "response_format",
         )
     queueing = inference.admission(request, arrival, body.priority, None)

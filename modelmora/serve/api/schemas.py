@@ -253,12 +253,17 @@ class GenerationInferRequest(GenerationOptions, InferOptions):
         return {"prompt": self.inputs, **self.sampling()}
 
 
+# The pattern is published but checked by `parse_size`, whose error is one readable line.
 ImageSize = Annotated[
     str,
-    Field(
-        pattern=imageoptions.SIZE_PATTERN,
-        description=f"WIDTHxHEIGHT, each a multiple of {imageoptions.SIZE_MULTIPLE} up to"
-        f" {imageoptions.MAX_SIDE}; the model's own size if left out",
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": imageoptions.SIZE_PATTERN,
+            "description": f"WIDTHxHEIGHT, each a multiple of {imageoptions.SIZE_MULTIPLE} from"
+            f" {imageoptions.SIZE_MULTIPLE} to {imageoptions.MAX_SIDE}; the model's own size if"
+            " left out",
+        }
     ),
 ]
 ImageCount = Annotated[int, within(imageoptions.IMAGES), BeforeValidator(integral)]
@@ -769,7 +774,7 @@ def served_bodies(models: Mapping[str, str]) -> Variants:
     for a model of another task or an input that its task does not take.
     """
     variants: Variants = {JobRequest: tuple(_job_request(n, task) for n, task in models.items())}
-    for body in (EmbeddingsRequest, CompletionRequest, ChatCompletionRequest):
+    for body in (EmbeddingsRequest, CompletionRequest, ChatCompletionRequest, ImagesRequest):
         names = [name for name, task in models.items() if task == body.task]
         variants[body] = (_naming(body, names),) if names else ()
     return {body: bodies or (body,) for body, bodies in variants.items()}
