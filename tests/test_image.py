@@ -10,6 +10,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,28 @@ def test_bad_input_on_the_openai_route_and_in_a_job(url: str) -> None:
     assert job.json()["error"]["detail"][0]["field"] == "input.n"
 
 
+def test_without_diffusers_the_load_names_the_extra(
+    pipeline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelmora.errors import ModelmoraError
+    from modelmora.runtimes import ModelSpec
+    from modelmora.runtimes.image import ImageRuntime
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import fails as if not installed
+    with pytest.raises(ModelmoraError, match="needs diffusers") as error:
+        ImageRuntime().load(ModelSpec("sd", "text-to-image", str(pipeline)))
+    assert error.value.hint == "pip install 'modelmora[image]'"
+
+
+def test_a_folder_without_model_index_is_refused(tmp_path: Path) -> None:
+    from modelmora.errors import ModelmoraError
+    from modelmora.runtimes import ModelSpec
+    from modelmora.runtimes.image import ImageRuntime
+
+    with pytest.raises(ModelmoraError, match=r"no model_index\.json; is it a diffusers pipeline"):
+        ImageRuntime().load(ModelSpec("sd", "text-to-image", str(tmp_path)))
+
+
 # --- object storage ------------------------------------------------------------------------------
 
 
@@ -213,9 +236,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def stored(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def stored(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server of the same pipeline whose `[storage]` is moto's S3 server."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _stored(pipeline, tmp_path_factory.mktemp("stored"), monkeypatch)
+
+
+def _stored(pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -297,6 +325,7 @@ def test_on_cuda_the_worker_shows_gpu_memory_and_gives_it_back(
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
+    pytest.importorskip("pynvml", reason="the worker's GPU gauges need the gpu extra")
     from modelmora.serve.app import create_app
     from modelmora.serve.config import ServerSettings, SupervisorSettings
     from modelmora.serve.supervisor import ServedModel, Supervisor
@@ -318,7 +347,7 @@ def test_on_cuda_the_worker_shows_gpu_memory_and_gives_it_back(
             return 0.0
 
         in_use = eventually(gpu_gauge, 30, what="the worker's GPU memory in /metrics")
-        assert in_use > 0
+        assert in_use > 0 and worker_gpu_mib(pid) > 0  # nvidia-smi sees the same process
         httpx.post(f"{base_url}/models/sd/unload", timeout=60).raise_for_status()
         eventually(lambda: worker_gpu_mib(pid) == 0, 2, what="the worker's GPU memory to be 0")
 

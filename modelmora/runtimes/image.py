@@ -37,11 +37,16 @@ class ImageRuntime:
         self.pipeline: Any = None
 
     def load(self, spec: ModelSpec) -> None:
-        from diffusers import DiffusionPipeline
-        from diffusers.utils import logging
+        folder = require_pipeline(spec.path)
+        try:
+            from diffusers import DiffusionPipeline
+            from diffusers.utils import logging
+        except ImportError:
+            raise ModelmoraError(
+                "the text-to-image task needs diffusers", hint="pip install 'modelmora[image]'"
+            ) from None
         from transformers.utils import logging as transformers_logging
 
-        folder = require_pipeline(spec.path)
         logging.set_verbosity_error()
         logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
