@@ -326,7 +326,21 @@ def guess_folder_task(folder: Path) -> str | None:
         folder / "config_sentence_transformers.json"
     ).is_file():
         return "embedding"
+    if (folder / "model_index.json").is_file():
+        return _pipeline_task(folder / "model_index.json")
     return architecture_task(_architectures(folder / "config.json"))
+
+
+_IMAGE_INPUT_PIPELINES = ("Img2Img", "Inpaint", "Upscale", "Video", "ControlNet")
+
+
+def _pipeline_task(model_index: Path) -> str | None:
+    """A diffusers pipeline folder: text-to-image, unless its class takes an image in."""
+    try:
+        pipeline = str(json.loads(model_index.read_text(encoding="utf-8")).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if any(kind in pipeline for kind in _IMAGE_INPUT_PIPELINES) else "text-to-image"
 
 
 # --- fetch --------------------------------------------------------------------------------------

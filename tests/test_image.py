@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -38,12 +39,20 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`modelmora init`, `add` (which reads the task from model_index.json) and `serve`, with
+    HOME and the caches of their own (the per-test isolation starts after module fixtures)."""
     root = tmp_path_factory.mktemp("project")
-    (root / "modelmora.toml").write_text(
-        f'[project]\nname = "images"\n\n[models.sd]\nsource = "{pipeline}"\n'
-        'task = "text-to-image"\ndevice = "cpu"\n'
-    )
-    base_url, process = start_serve(root, "--preload", "sd")
+    home = tmp_path_factory.mktemp("home")
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+           "HF_HOME": str(home / "hf"), "MODELMORA_HOME": str(home / "modelmora")}  # fmt: skip
+    for command in (["init"], ["add", str(pipeline), "--name", "sd"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "modelmora", *command], cwd=root, env={**os.environ, **env},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert 'task = "text-to-image"' in (root / "modelmora.toml").read_text()
+    base_url, process = start_serve(root, "--preload", "sd", env=env)
     try:
         yield base_url
     finally:
@@ -203,6 +212,14 @@ def test_bad_input_on_the_openai_route_and_in_a_job(url: str) -> None:
     job = httpx.post(f"{url}/jobs", json={"model": "sd", "input": {"inputs": "x", "n": 0}})
     assert job.status_code == 422
     assert job.json()["error"]["detail"][0]["field"] == "input.n"
+
+
+def test_a_pipeline_folder_is_guessed_text_to_image(pipeline: Path, tmp_path: Path) -> None:
+    from modelmora.sources import guess_folder_task
+
+    assert guess_folder_task(pipeline) == "text-to-image"
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionImg2ImgPipeline"}')
+    assert guess_folder_task(tmp_path) is None  # an image goes in: not this task
 
 
 def test_without_diffusers_the_load_names_the_extra(
