@@ -25,6 +25,8 @@ from modelmora.runtimes.imageoptions import SEED, ImageParams
 
 OnStep = Callable[[int, int], None]
 WARM_UP_SIZE = "64x64"
+FALLBACK_SIDE = 512
+"""The size of a pipeline that does not say its own (Stable Diffusion 1.x's)."""
 
 
 class ImageRuntime:
@@ -129,10 +131,18 @@ class ImageRuntime:
         return {"images": images, "width": width, "height": height, "steps": steps}
 
     def default_size(self) -> tuple[int, int]:
-        """The size the pipeline was trained at: the UNet's sample size times the VAE's scale."""
-        unet, scale = self.pipeline.unet.config, int(self.pipeline.vae_scale_factor)
-        side = unet.sample_size if isinstance(unet.sample_size, int) else unet.sample_size[0]
-        return int(side) * scale, int(side) * scale
+        """The size the pipeline was trained at: its latent sample size times the VAE's scale
+        (the UNet's `sample_size`, or `default_sample_size` on transformer pipelines)."""
+        side = getattr(self.pipeline, "default_sample_size", None)
+        unet = getattr(self.pipeline, "unet", None)
+        if side is None and unet is not None:
+            side = unet.config.sample_size
+        if isinstance(side, (list, tuple)):
+            side = side[0]
+        scale = int(getattr(self.pipeline, "vae_scale_factor", 8))
+        if not isinstance(side, int):
+            return FALLBACK_SIDE, FALLBACK_SIDE
+        return side * scale, side * scale
 
 
 def _step_callback(
