@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,34 @@ def test_a_pipeline_folder_is_guessed_text_to_image(pipeline: Path, tmp_path: Pa
     assert guess_folder_task(pipeline) == "text-to-image"
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionImg2ImgPipeline"}')
     assert guess_folder_task(tmp_path) is None  # an image goes in: not this task
+
+
+def test_closing_a_stream_stops_the_generation(pipeline: Path) -> None:
+    """What a client that leaves does through the worker: the runtime's stream is closed, and the
+    pipeline stops at its next step instead of running all of them."""
+    from modelmora.runtimes import ModelSpec
+    from modelmora.runtimes.image import ImageRuntime
+
+    runtime = ImageRuntime()
+    runtime.load(ModelSpec("sd", "text-to-image", str(pipeline), device="cpu"))
+    chunks = runtime.stream({"prompt": "a cat", "steps": 200, "size": "64x64"})
+    unet, calls = runtime.pipeline.unet, []
+    forward = unet.forward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # hold the second step until the consumer has begun closing
+            eventually(lambda: chunks.gi_running, what="the stream to be closed")
+        return forward(*args, **kwargs)
+
+    unet.forward = counted
+    assert next(chunks) == {"step": 1, "steps": 200}
+    closing = threading.Thread(target=chunks.close)
+    closing.start()
+    closing.join(timeout=120)
+
+    assert not closing.is_alive()
+    assert len(calls) < 200  # interrupted after a step or two, not run to the end
 
 
 def test_without_diffusers_the_load_names_the_extra(
