@@ -6,11 +6,17 @@ import getpass
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 API_KEY_ACTOR = "api-key"
 """Who acts with the server's single `--api-key` / `MODELMORA_API_KEY`."""
+
+Listener = Callable[[str, str, str, Any, Any], None]
+"""Told of each entry recorded in this process: actor, action, target, before, after."""
+LISTENERS: list[Listener] = []
+"""Kafka's audit events (modelmora/kafka/events.py) listen here; called in the recording thread."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ def record(
         "INSERT INTO audit (at, actor, action, target, before, after) VALUES (?, ?, ?, ?, ?, ?)",
         (time.time(), actor, action, target, _json(before), _json(after)),
     )
+    for listener in list(LISTENERS):
+        listener(actor, action, target, before, after)
 
 
 def entries(connection: sqlite3.Connection, limit: int = 50) -> list[AuditEntry]:

@@ -26,6 +26,7 @@ from pydantic import (
 
 from modelmora import routing
 from modelmora.errors import InvalidInputError, ManifestError
+from modelmora.kafka.config import KafkaTable, kafka_keys
 from modelmora.routing import Route
 from modelmora.units import parse_duration, parse_size
 
@@ -223,6 +224,7 @@ class ManifestModel(BaseModel):
     project: ProjectTable
     serve: dict[str, Any] = Field(default_factory=dict)
     storage: StorageTable | None = None
+    kafka: KafkaTable | None = None
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -236,6 +238,8 @@ class Manifest:
     """The route of each model with versions, by its name (`minilm`)."""
     storage: StorageTable | None = None
     """Where large results go; None keeps every result inline."""
+    kafka: KafkaTable | None = None
+    """The `[kafka]` table (modelmora/kafka); None: Kafka only with `serve --kafka`."""
 
     @property
     def root(self) -> Path:
@@ -334,7 +338,9 @@ def validate(data: dict[str, Any], path: Path) -> Manifest:
         else:
             _refuse_version_keys(name, entry, path.name)
             models[name] = _validate_model(name, entry, path.name)
-    return Manifest(path, table.project.name, models, table.serve, routes, table.storage)
+    return Manifest(
+        path, table.project.name, models, table.serve, routes, table.storage, table.kafka
+    )
 
 
 VERSIONS_KEY = "versions"
@@ -495,6 +501,8 @@ def _unknown_key_message(location: tuple[int | str, ...], title: str) -> str:
         keys = list(ProjectTable.model_fields)
     elif location[:1] == ("storage",):
         keys = list(StorageTable.model_fields)
+    elif location[:1] == ("kafka",):
+        keys = kafka_keys(location)
     else:
         keys = list(ManifestModel.model_fields) if len(location) == 1 else []
     close = difflib.get_close_matches(str(location[-1]), keys, n=1)

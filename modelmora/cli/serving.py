@@ -61,6 +61,13 @@ def serve(
     ray_address: str | None = typer.Option(
         None, envvar="RAY_ADDRESS", help="With --ray: the cluster [default: start a local one]."
     ),
+    kafka: str | None = typer.Option(
+        None,
+        envvar="MODELMORA_KAFKA",
+        metavar="HOST:PORT",
+        help="Also take requests from Kafka, at these bootstrap servers (comma-separated); the "
+        "[kafka] table says the rest (pip install 'modelmora[kafka]').",
+    ),
 ) -> None:
     """Serve the project's models, or one SOURCE, over HTTP (native and OpenAI-compatible APIs)."""
     import os
@@ -90,6 +97,7 @@ def serve(
     table, where = (manifest.serve, manifest.path.name) if manifest else ({}, "SOURCE")
     settings = config.resolve(flags, os.environ, table, where)
     settings = settings.quiet() if options.quiet else settings
+    kafka_table = _kafka(kafka, manifest, where, ray)
     if ray:  # Ray Serve's proxies listen, on every node: see modelmora/ray
         from modelmora.ray import serve_on_ray
 
@@ -113,7 +121,7 @@ def serve(
             f"{current.root / '.modelmora'} is read-only: serving without async jobs, the "
             "project's API keys and audit, and run-time model changes"
         )
-        run_server(models, settings, None, sock, None, None)
+        run_server(models, settings, None, sock, None, None, kafka=kafka_table)
         return
     with runfile.announced(current.root, url):
         run_server(
@@ -124,7 +132,23 @@ def serve(
             current.registry_path,
             current.root,
             storage=Storage(manifest.storage) if manifest and manifest.storage else None,
+            kafka=kafka_table,
         )
+
+
+def _kafka(flag: str | None, manifest: Any, where: str, ray: bool) -> Any:
+    """The `[kafka]` settings when `--kafka` or the table asks for Kafka, checked now (aiokafka
+    installed, a broker answering), before anything is installed or started; else None."""
+    from modelmora.kafka import config as kafka_config
+
+    table = kafka_config.resolve(flag, manifest.kafka if manifest else None, where)
+    if table is not None and ray:
+        raise ModelmoraError(
+            "--ray does not take requests from Kafka", "leave out --ray or --kafka"
+        )
+    if table is not None:
+        kafka_config.check(table)
+    return table
 
 
 def _scratch_project(source: str, task: str | None, offline: bool) -> Project:

