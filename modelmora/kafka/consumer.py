@@ -53,6 +53,7 @@ class Consumer:
     @contextlib.asynccontextmanager
     async def waiting_for_room(self) -> AsyncIterator[None]:
         self.blocked += 1
+        self.pause_or_resume()  # at once: the fetch loop may be waiting for records
         try:
             yield
         finally:
