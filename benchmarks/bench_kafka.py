@@ -14,7 +14,8 @@ table (4 request partitions, 4 result partitions, the default `max_in_flight`). 
    arrivals, while a backlog is surely waiting;
 3. Kafka latency at a low rate: `--latency-count` requests at `--rate` per second, each timed from
    its send to its result's arrival in this process (producer, broker, consumer, scheduler,
-   worker, result, broker, reader); p50 and p99.
+   worker, result, broker, reader); p50 and p99; then as many HTTP requests at the same rate, one
+   connection each (a client that does not keep its connection), for comparison.
 """
 
 from __future__ import annotations
@@ -97,6 +98,20 @@ def http_rate(port: int, seconds: float, clients: int = 32) -> float:
     return window.completed(samples) / window.seconds
 
 
+def http_latency(port: int, count: int, rate: float) -> list[float]:
+    """One client at `rate` requests/s (POST /v1/embeddings): each request's milliseconds."""
+    texts = sentences()
+    latencies = []
+    start = time.perf_counter()
+    for i in range(count):
+        time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        ms, _ = call(
+            port, "POST", "/v1/embeddings", {"model": MODEL, "input": texts[i % len(texts)]}
+        )
+        latencies.append(ms)
+    return latencies
+
+
 class Reader:
     """Reads the results topic from its end, noting when each request id arrives."""
 
@@ -107,7 +122,9 @@ class Reader:
     async def __aenter__(self) -> Reader:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.address, enable_auto_commit=False)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.address, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
         await self.consumer.start()
         partitions = [TopicPartition("results", p) for p in range(TOPICS["results"])]
         self.consumer.assign(partitions)
@@ -195,6 +212,7 @@ def main() -> None:
             http = http_rate(server.port, args.seconds)
             kafka = asyncio.run(backlog_rate(address, args.backlog))
             latencies = asyncio.run(low_rate_latency(address, args.latency_count, args.rate))
+            http_latencies = http_latency(server.port, args.latency_count, args.rate)
         finally:
             server.stop()
             broker.kill()
@@ -203,8 +221,9 @@ def main() -> None:
     print("| path | requests/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
     print(f"| HTTP POST /v1/embeddings, 32 clients | {http:.0f} | | |")
     print(f"| Kafka, steady backlog of {args.backlog} | {kafka:.0f} | | |")
-    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    print(f"| Kafka end to end, {args.rate:g} requests/s | | {p50:.1f} | {p99:.1f} |")
+    for label, samples in (("Kafka end to end", latencies), ("HTTP", http_latencies)):
+        p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+        print(f"| {label}, {args.rate:g} requests/s | | {p50:.1f} | {p99:.1f} |")
 
 
 if __name__ == "__main__":

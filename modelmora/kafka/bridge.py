@@ -91,7 +91,8 @@ class Bridge:
         self.is_consuming = False
         self.consumer.is_stopping = True
         fetching = [t for t in self.tasks.tasks if t.get_name().endswith(": fetch")]
-        await asyncio.wait(fetching, timeout=drain_timeout) if fetching else None
+        if fetching:  # it ends within one fetch wait (FETCH_WAIT_MS)
+            await asyncio.wait(fetching, timeout=drain_timeout)
         await self.consumer.stop(drain_timeout)
 
     async def close(self) -> None:

@@ -47,6 +47,7 @@ def make_consumer(table: KafkaTable) -> AIOKafkaConsumer:
         auto_offset_reset=table.auto_offset_reset,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(session_ms // 3, 100),
+        fetch_max_wait_ms=int(table.fetch_max_wait * 1000),
         **security_options(table.security),
     )
 

@@ -116,6 +116,9 @@ class KafkaTable(BaseModel):
     session_timeout: Seconds = 10.0
     """How long the group waits for a silent member before giving its partitions to others."""
     commit_interval: Seconds = 1.0
+    fetch_max_wait: Seconds = 0.05
+    """How long the broker may hold a fetch that found no new records: a request that arrives
+    in a quiet spell waits up to this long (lower answers sooner, higher fetches less often)."""
     security: SecurityTable = SecurityTable()
     events: EventsTable = EventsTable()
 

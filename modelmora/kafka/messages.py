@@ -177,3 +177,7 @@ def now() -> float:
 def deadline_seconds(deadline: datetime) -> float:
     """Seconds left until an absolute deadline (negative once it has passed)."""
     return deadline.timestamp() - time.time()
+
+
+DOCUMENTED = (RequestMessage, ResultMessage, DeadLetter, LifecycleEvent, MetricsEvent, AuditEvent)
+"""The records whose JSON schemas docs/kafka.md shows (tests/test_kafka.py keeps them the same)."""
