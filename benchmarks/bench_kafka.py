@@ -87,6 +87,18 @@ async def create_topics(address: str) -> None:
     raise RuntimeError("the broker did not start")
 
 
+def wait_for_http(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            call(port, "GET", "/health")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def http_rate(port: int, seconds: float, clients: int = 32) -> float:
     bodies = [json.dumps({"model": MODEL, "input": text}).encode() for text in sentences()]
     window = Window.after(2.0, seconds)
@@ -207,6 +219,7 @@ def main() -> None:
         server = Server(Path(folder), PROJECT.format(bootstrap=address))
         try:
             server.wait_for_template()
+            wait_for_http(server.port)  # the lifespan joins the consumer group first
             call(server.port, "POST", f"/infer/{MODEL}", {"inputs": "load the model"})
             asyncio.run(backlog_rate(address, 200))  # warm the consumer group and the batches
             http = http_rate(server.port, args.seconds)
