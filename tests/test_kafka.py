@@ -264,7 +264,7 @@ def test_the_docs_show_the_records_schemas() -> None:
 def test_requests_in_results_out_in_order_per_key(
     server_a: tuple[str, subprocess.Popen[str]], broker: str
 ) -> None:
-    sent = [(f"key{i % 5}", f"order-{i}") for i in range(30)]
+    sent = [(f"key{i % 5}", f"order-{i}") for i in range(40)]
     run(produce(broker, [(key, request(id, f"text {id}")) for key, id in sent]))
 
     def answered() -> list[dict[str, Any]]:
