@@ -360,6 +360,38 @@ def test_with_storage_a_jobs_images_are_urls(stored: str) -> None:
     assert Image.open(io.BytesIO(download(image))).size == (64, 64)
 
 
+def run_cli(url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelmora", "run", "sd", *args, "--url", url],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_run_writes_the_images_as_png_files(url: str, stored: str, tmp_path: Path) -> None:
+    one = run_cli(url, "a", "red", "square", "--steps", "2", "--seed", "9", "-o", "cat.png",
+                  cwd=tmp_path)  # fmt: skip
+    named = run_cli(url, "a red square", "--steps", "2", "--seed", "9", "--size", "32x48",
+                    cwd=tmp_path)  # fmt: skip
+    from_storage = run_cli(stored, "a red square", "--steps", "2", "--seed", "9", "-o", "s/c.png",
+                           cwd=tmp_path)  # fmt: skip
+    bad = run_cli(url, "a red square", "--size", "huge", cwd=tmp_path)
+
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.strip() == "Wrote cat.png (64x64, seed 9)"
+    assert named.stdout.strip() == "Wrote image-9.png (32x48, seed 9)", named.stderr
+    with Image.open(tmp_path / "image-9.png") as image:
+        assert image.size == (32, 48)
+    assert from_storage.returncode == 0, from_storage.stderr
+    assert (tmp_path / "s" / "c.png").read_bytes() == (tmp_path / "cat.png").read_bytes()
+    assert bad.returncode == 1 and "size" in bad.stderr and len(bad.stderr.splitlines()) <= 2
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "c.png",
+        "cat.png",
+        "image-9.png",
+    ]
+
+
 # --- on a CUDA machine ---------------------------------------------------------------------------
 
 

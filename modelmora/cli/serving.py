@@ -198,16 +198,20 @@ def run(
     ),
     max_new_tokens: int | None = typer.Option(None, help="Generation: most tokens to produce."),
     temperature: float | None = typer.Option(None, help="Generation: 0 is greedy."),
+    size: str | None = typer.Option(None, help="Image: WIDTHxHEIGHT, e.g. 512x512."),
+    steps: int | None = typer.Option(None, help="Image: denoising steps."),
+    seed: int | None = typer.Option(None, help="Image: the same seed gives the same image."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Image: write it there [default: image-SEED.png]."
+    ),
     url: str = URL_OPTION,
     api_key: str | None = KEY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the whole reply as JSON."),
 ) -> None:
     """Run one inference on a running server (`modelmora serve`), like `ollama run`."""
-    opts = {
-        k: v
-        for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature}.items()
-        if v is not None
-    }
+    given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "size": size}
+    given |= {"steps": steps, "seed": seed}
+    opts = {k: v for k, v in given.items() if v is not None}
     with _client(url, api_key) as client:
         model = client.model(name)
         if model.task == "text-generation" and not as_json:
@@ -215,9 +219,17 @@ def run(
                 print(piece, end="", flush=True)
             print()
             return
-        reply = client.infer(name, text if len(text) > 1 else text[0], **opts)
+        prompt = " ".join(text) if model.task == "text-to-image" else None
+        reply = client.infer(name, prompt or (text if len(text) > 1 else text[0]), **opts)
     if as_json:
         return emit_json(dict(reply.body))
+    if model.task == "text-to-image":
+        from modelmora.cli.images import save_images
+
+        result = reply.result
+        for path, image in zip(save_images(result, output), result["images"], strict=True):
+            say(f"Wrote {path} ({result['width']}x{result['height']}, seed {image['seed']})")
+        return
     _print_result(model.task, text, reply.result)
 
 
