@@ -26,7 +26,7 @@ from modelmora import __version__, registry, versions
 from modelmora.errors import ModelmoraError, ServeError
 from modelmora.project import Project
 from modelmora.routing import Route
-from modelmora.serve.api import images, inference, jobs, native, oip, openai
+from modelmora.serve.api import images, inference, jobs, native, oip, openai, recent_errors, ui
 from modelmora.serve.api import versions as version_routes
 from modelmora.serve.api.auth import AuthMiddleware, KeyRing
 from modelmora.serve.api.http import AppState, handle_http_exception, handle_serve_error
@@ -62,6 +62,7 @@ ENDPOINTS = [
     *images.ENDPOINTS,
     *oip.ENDPOINTS,
     METRICS_ENDPOINT,
+    recent_errors.ENDPOINT,
 ]
 
 
@@ -129,7 +130,7 @@ def create_app(
         document["components"]["securitySchemes"] = {"key": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"key": []}]
     app = Starlette(
-        routes=endpoint_routes(ENDPOINTS) + document_routes(document),
+        routes=endpoint_routes(ENDPOINTS) + document_routes(document) + ui.routes(),
         middleware=_middleware(settings, metrics, keyring, guarded=connection is not None),
         exception_handlers={ServeError: handle_serve_error, HTTPException: handle_http_exception},
         lifespan=_lifespan,
@@ -137,6 +138,7 @@ def create_app(
     app.state.modelmora = state
     app.state.metrics = metrics
     app.state.kafka = kafka
+    app.state.recent_errors = recent_errors.ErrorBuffer()
     return app
 
 
@@ -151,7 +153,9 @@ def _middleware(
         Middleware(RequestMiddleware, metrics=metrics, access_log_enabled=settings.access_log)
     ]
     if guarded or settings.api_key:
-        public = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
+        public = (
+            PUBLIC_PATHS | ui.PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
+        )
         middleware.append(Middleware(AuthMiddleware, keyring=keyring, public=public))
     return middleware
 
@@ -166,6 +170,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         from modelmora.kafka.bridge import Bridge
 
         bridge = Bridge(state, app.state.metrics, app.state.kafka)
+    app.state.recent_errors.attach()
     await state.supervisor.start()
     if state.jobs is not None:
         await state.jobs.start()
@@ -180,6 +185,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await _shut_down(state, grpc_server, bridge)
+        app.state.recent_errors.detach()
 
 
 async def _shut_down(

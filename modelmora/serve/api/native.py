@@ -45,6 +45,7 @@ _INDEX = Index(
     version=__version__,
     links={
         "docs": "/docs",
+        "ui": "/ui/",
         "openapi": "/openapi.json",
         "models": "/models",
         "openai_models": "/v1/models",
