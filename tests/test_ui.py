@@ -137,6 +137,7 @@ def test_the_buffer_keeps_warnings_errors_and_5xx_responses_and_only_the_last_on
         logger.warning("first")
         access.info("request", extra={"fields": {"status": 200, "path": "/a", "method": "GET"}})
         access.info("request", extra={"fields": {"status": 503, "path": "/b", "method": "POST"}})
+        access.info("request", extra={"fields": {"status": 503, "path": "/ready", "method": "GET"}})
         try:
             raise ValueError("boom")
         except ValueError:
@@ -147,7 +148,7 @@ def test_the_buffer_keeps_warnings_errors_and_5xx_responses_and_only_the_last_on
         access.removeHandler(buffer)
     recent = buffer.recent()
 
-    assert [entry.message for entry in recent] == ["third", "second", "request"]
+    assert [entry.message for entry in recent] == ["third", "second", "POST /b answered 503"]
     assert recent[2].status == 503 and recent[2].path == "/b" and recent[2].method == "POST"
     assert recent[1].traceback is not None and "ValueError: boom" in recent[1].traceback
 
@@ -262,6 +263,13 @@ def test_the_models_page_lists_the_models_and_routes_and_promotes_versions(
     for name in ("minilm@v2", "sentiment", "tiny-gpt", "echo", "broken"):
         expect(page.locator(f'#models tr[data-model="{name}"]')).to_be_visible()
     expect(page.locator("#rate-chart")).to_be_visible()
+    latency = v1.locator("td").nth(10)  # the mean of the requests since the page's last poll
+
+    def has_latency() -> bool:
+        http.post("/infer/minilm@v1", json={"inputs": ["keep the chart busy"]}).raise_for_status()
+        return latency.inner_text().endswith(" ms")
+
+    eventually(has_latency, what="a latency from /metrics in the row of minilm@v1")
     card.locator('tr[data-version="v2"] input').fill("25")
     card.locator('tr[data-version="v1"] input').fill("75")
     card.locator("button.set-route").click()
@@ -356,6 +364,16 @@ def test_the_jobs_page_lists_inspects_and_cancels_a_job(
     expect(row.locator(".state")).to_have_text("cancelled")
     assert http.get(f"/jobs/{waiting}").json()["state"] == "cancelled"
     expect(page.locator("#job-detail")).to_contain_text('"state": "cancelled"')
+    page.select_option("#new-job-model", "sentiment")
+    page.fill("#new-job-input", '{"inputs": "what a fine day"}')
+    page.select_option("#new-job-priority", "high")
+    page.click("#submit-job")
+    expect(page.locator("#job-detail h3")).not_to_have_text(f"Job {waiting}")
+    submitted = page.inner_text("#job-detail h3").removeprefix("Job ")
+    expect(page.locator(f'#jobs tr[data-job="{submitted}"] .state')).to_have_text("succeeded")
+    job = http.get(f"/jobs/{submitted}").json()
+    assert job["model"] == "sentiment" and job["priority"] == 2
+    assert {p["label"] for p in job["result"]["predictions"][0]} <= {"negative", "positive"}
     page.select_option("#job-state", "running")
     expect(page.locator(f'#jobs tr[data-job="{running}"]')).to_be_visible()
     expect(row).to_have_count(0)  # the filter hides the cancelled one
@@ -421,8 +439,10 @@ def test_every_page_shows_without_console_errors_and_the_errors_page_shows_a_fai
             page.click("#run")
             expect(page.locator("#result")).to_have_attribute("data-done", "true")
         if folder and where == "models":  # a chart with a few samples in it (docs only)
-            for _ in range(8):
-                http.post("/infer/minilm", json={"inputs": ["warm the chart"]})
+            for second in range(30):
+                for _ in range(1 + second % 5):
+                    http.post("/infer/minilm", json={"inputs": ["warm the chart"] * (1 + second)})
+                    http.post("/infer/minilm@v1", json={"inputs": ["and v1"]})
                 page.wait_for_timeout(1000)
         if folder:
             page.screenshot(path=str(Path(folder) / f"{where.split('/')[0]}.png"), full_page=True)

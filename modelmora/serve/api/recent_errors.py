@@ -2,8 +2,11 @@
 access to the logs.
 
 A logging handler on the server's loggers keeps, in a bounded ring buffer, every record at WARNING
-or above (with its traceback) and every access record of a 5xx response. Nothing is written
-anywhere: the buffer is the last `CAPACITY` entries since the server started.
+or above (with its traceback) and every access record of a 5xx response, but for `/ready`, whose
+503 says "not yet" by design (load balancers poll it while the server starts). Nothing is written
+anywhere: the buffer is the last `CAPACITY` entries since the server started. A 5xx is seen only
+while the access log is on (the default; `access_log = false` or a log level above `info` turns
+it off).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ CAPACITY = 200
 LOGGERS = ("modelmora", "uvicorn.error")
 """The loggers the server configures; both stop propagation, so the handler sits on each."""
 ACCESS_LOGGER = "modelmora.access"
+NOT_ERRORS = frozenset({"/ready"})
 
 
 class RecentError(BaseModel):
@@ -79,19 +83,29 @@ class ErrorBuffer(logging.Handler):
 def error_entry(record: logging.LogRecord) -> RecentError | None:
     """The entry of a record worth keeping: WARNING and above, or an access record of a 5xx."""
     fields: dict[str, Any] = getattr(record, "fields", None) or {}
-    status = fields.get("status")
-    is_5xx = record.name == ACCESS_LOGGER and isinstance(status, int) and status >= 500
-    if record.levelno < logging.WARNING and not is_5xx:
+    status, method, path = (
+        fields.get("status"),
+        _text(fields.get("method")),
+        _text(fields.get("path")),
+    )
+    is_5xx = isinstance(status, int) and status >= 500 and path not in NOT_ERRORS
+    if record.name == ACCESS_LOGGER:
+        if not is_5xx:
+            return None
+        message = f"{method} {path} answered {status}"
+    elif record.levelno < logging.WARNING:
         return None
+    else:
+        message = record.getMessage()
     trace = logging.Formatter().formatException(record.exc_info) if record.exc_info else None
     return RecentError(
         at=record.created,
         level=record.levelname,
         logger=record.name,
-        message=record.getMessage(),
+        message=message,
         status=status if isinstance(status, int) else None,
-        method=_text(fields.get("method")),
-        path=_text(fields.get("path")),
+        method=method,
+        path=path,
         request_id=_text(fields.get("request_id")),
         model=_text(fields.get("model")),
         traceback=trace,

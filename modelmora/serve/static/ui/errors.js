@@ -13,13 +13,13 @@ export function mount(main, { poll }) {
   );
 
   function row(entry) {
-    const where = entry.path ? `${entry.method} ${entry.path} → ${entry.status}` : entry.logger;
+    const where = entry.path ? `${entry.method} ${entry.path}` : entry.logger;
     const what = [entry.message, entry.model ? ` model=${entry.model}` : "", entry.request_id ? ` request_id=${entry.request_id}` : ""].join("");
     return h(
       "tr",
-      { class: `level-${entry.level.toLowerCase()}` },
+      { class: entry.status ? "level-error" : `level-${entry.level.toLowerCase()}` },
       h("td", {}, when(entry.at)),
-      h("td", {}, entry.level),
+      h("td", {}, entry.status ? `HTTP ${entry.status}` : entry.level),
       h("td", {}, where),
       h("td", {}, what, entry.traceback ? h("details", {}, h("summary", {}, "traceback"), h("pre", {}, entry.traceback)) : ""),
     );

@@ -1,6 +1,6 @@
-// Jobs: list (filtered by model and state, a page at a time), inspect one, cancel one.
+// Jobs: submit one, list (filtered by model and state, a page at a time), inspect one, cancel one.
 
-import { get, request } from "./api.js";
+import { get, post, request } from "./api.js";
 import { h, ms, pre, when } from "./dom.js";
 
 const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -12,11 +12,30 @@ export function mount(main, { notify, poll }) {
   const table = h("tbody");
   const pager = h("span", { class: "pager" });
   const detail = h("section", { id: "job-detail" });
+  const newModel = h("select", { id: "new-job-model", "aria-label": "model of the new job" });
+  const newInput = h("textarea", { id: "new-job-input", rows: 2, "aria-label": "input of the new job" }, '{"inputs": ["hello"]}');
+  const newPriority = h("select", { id: "new-job-priority", "aria-label": "priority" }, ...["normal", "low", "high", "critical"].map((p) => h("option", { value: p }, p)));
+  const submit = async (event) => {
+    event.preventDefault();
+    try {
+      const job = await post("/jobs", { model: newModel.value, input: JSON.parse(newInput.value), priority: newPriority.value });
+      notify(null);
+      await refresh();
+      await inspect(job.id);
+    } catch (error) {
+      notify(error);
+    }
+  };
   let page = 1;
   let total = 0;
   let shown = null;
   main.append(
     h("h2", {}, "Jobs"),
+    h("form", { id: "job-form", onsubmit: submit },
+      h("label", { class: "field" }, h("span", {}, "model"), newModel),
+      h("label", { class: "field" }, h("span", {}, "input (JSON: the body of the model's task, or its inputs)"), newInput),
+      h("label", { class: "field" }, h("span", {}, "priority"), newPriority),
+      h("button", { type: "submit", id: "submit-job" }, "Submit job")),
     h("p", { class: "filters" }, model, " ", state, " ",
       h("button", { onclick: () => { page = Math.max(1, page - 1); refresh(); } }, "‹ Newer"), " ", pager, " ",
       h("button", { onclick: () => { if (page * LIMIT < total) page += 1; refresh(); } }, "Older ›")),
@@ -76,6 +95,7 @@ export function mount(main, { notify, poll }) {
     const names = [...new Set(models.models.map((m) => m.name.split("@")[0]))];
     if (model.options.length !== names.length + 1) {
       model.replaceChildren(h("option", { value: "" }, "any model"), ...names.map((n) => h("option", { value: n }, n)));
+      newModel.replaceChildren(...models.models.map((m) => m.name).concat(names.filter((n) => !models.models.some((m) => m.name === n))).sort().map((n) => h("option", { value: n }, n)));
     }
     table.replaceChildren(...list.jobs.map(row));
     if (!list.jobs.length) table.append(h("tr", {}, h("td", { colspan: 9, class: "empty" }, "no jobs")));

@@ -10,7 +10,7 @@ const baseName = (name) => name.split("@")[0];
 // Per served name (`minilm@v1` or `sentiment`): requests and seconds, summed over endpoints.
 export function requestTotals(metricsText) {
   const totals = {};
-  const line = /^modelmora_request_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$/;
+  const line = /^modelmora_request_duration_seconds_(sum|count)\{(.*)\} (\S+)$/; // labels hold "{name}"
   for (const text of metricsText.split("\n")) {
     const match = line.exec(text);
     if (!match) continue;
@@ -74,7 +74,7 @@ export function mount(main, { notify, poll }) {
       h("td", { class: "name" }, base),
       h("td", {}, version || "–"),
       h("td", {}, status.task),
-      h("td", {}, h("span", { class: `state state-${status.state}`, title: status.error || "" }, status.state)),
+      h("td", {}, h("span", { class: `state state-${status.state}` }, status.state), status.error ? h("div", { class: "why" }, status.error) : null),
       h("td", {}, share),
       h("td", { title: `USS ${bytes(status.uss_bytes)}` }, bytes(status.rss_bytes)),
       h("td", { class: "queue" }, String(queued)),
