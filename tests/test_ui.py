@@ -11,11 +11,17 @@ one PNG per page into DIR (`docs/ui`, see docs/ui.md).
 
 from __future__ import annotations
 
+import ast
 import importlib.resources
+import importlib.util
 import json
 import logging
+import math
 import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -46,6 +52,10 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
+HAS_IMAGES = all(
+    importlib.util.find_spec(name) is not None
+    for name in ("modelmora.serve.api.images", "diffusers")
+)  # POST /v1/images/generations and its runtime: the image form's test runs once they are here
 KEY = "ui-s3cret"
 WAIT_MS = 60_000
 MANIFEST = """\
@@ -199,7 +209,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "plain").mkdir()
     (root / "plain" / "config.json").write_text("{}")
     (root / "project").mkdir()
-    (root / "project" / "modelmora.toml").write_text(MANIFEST)
+    manifest = MANIFEST
+    if HAS_IMAGES:
+        from modelfactory import build_image_model  # type: ignore[attr-defined,unused-ignore]
+
+        pipeline = build_image_model(root / "tiny-sd")
+        manifest += f'\n[models.sd]\ntask = "text-to-image"\nsource = "{pipeline}"\n'
+    (root / "project" / "modelmora.toml").write_text(manifest)
     return root / "project"
 
 
@@ -320,7 +336,27 @@ def test_the_playground_embeds_and_shows_the_similarity_and_the_request(
     assert f"curl -s {server}/infer/minilm@v1" in curl and "$MODELMORA_API_KEY" in curl
     assert KEY not in curl and KEY not in page.inner_text("#python")  # never the secret itself
     assert '"inputs": ["a cat", "a kitten", "the stock market"]' in page.inner_text("#python")
+    copied = [ast.literal_eval(run_snippet(page.inner_text("#python"), sys.executable, "-c"))]
+    if shutil.which("curl"):
+        copied.append(json.loads(run_snippet(curl, "bash", "-c")))
+    for answer in copied:  # the snippets, copied and run, get the answer the page shows
+        vectors = answer["result"]["embeddings"]
+        assert len(vectors) == 3
+        assert cosine(vectors[0], vectors[1]) == pytest.approx(off_diagonal, abs=2e-4)
     assert tab.problems == []
+
+
+def run_snippet(code: str, *command: str) -> str:
+    env = {**os.environ, "MODELMORA_API_KEY": KEY}
+    done = subprocess.run([*command, code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(
+        sum(x * x for x in a) * sum(y * y for y in b)
+    )
 
 
 @pytest.mark.slow
@@ -339,9 +375,22 @@ def test_the_playground_classifies_and_streams_a_generation(browser: Browser, se
     expect(page.locator("#result")).to_have_attribute("data-done", "true")
     expect(page.locator("#result .timing")).to_contain_text("finish reason")
     assert "/v1/chat/completions" in page.inner_text("#curl")
-    assert "stream=True" in page.inner_text("#python") or '"stream": True' in page.inner_text(
-        "#python"
-    )
+    run_snippet(page.inner_text("#python"), sys.executable, "-c")  # runs, with the openai client
+    assert tab.problems == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_IMAGES, reason="no /v1/images/generations or no diffusers here yet")
+def test_the_playground_draws_an_image(browser: Browser, server: str) -> None:
+    tab = open_ui(browser, server, "playground/sd")
+    page = tab.page
+    page.fill("#size", "64x64")
+    page.click("#run")
+
+    expect(page.locator("#result")).to_have_attribute("data-done", "true")
+    image = page.locator("#result img.generated-image")
+    assert image.evaluate("image => [image.naturalWidth, image.naturalHeight]") == [64, 64]
+    assert '"response_format":"b64_json"' in page.inner_text("#curl")
     assert tab.problems == []
 
 
