@@ -22,15 +22,20 @@ export function notify(error) {
   notice.hidden = false;
 }
 
-// Run `task` now and then every POLL_MS (never two at once) until the page changes.
+// Run `task` now and then every POLL_MS (never two at once) until the page changes. A failed
+// refresh shows its error until a refresh succeeds; an action's message stays until the next one.
 function poll(task) {
   let timer = null;
   let stopped = false;
+  let failed = false;
   const tick = async () => {
     try {
       await task();
+      if (failed) notify(null);
+      failed = false;
     } catch (error) {
       notify(error);
+      failed = true;
     }
     if (!stopped) timer = setTimeout(tick, POLL_MS);
   };

@@ -11,7 +11,8 @@ function pythonLiteral(value, indent = "") {
   if (typeof value === "string") return JSON.stringify(value);
   if (typeof value === "number") return String(value);
   if (Array.isArray(value)) {
-    if (value.every((v) => typeof v !== "object" || v === null)) return `[${value.map((v) => pythonLiteral(v)).join(", ")}]`;
+    const flat = `[${value.map((v) => pythonLiteral(v)).join(", ")}]`;
+    if (flat.length <= 60 && value.every((v) => typeof v !== "object" || v === null)) return flat;
     return `[\n${value.map((v) => inner + pythonLiteral(v, inner)).join(",\n")},\n${indent}]`;
   }
   const entries = Object.entries(value).map(([k, v]) => `${inner}${JSON.stringify(k)}: ${pythonLiteral(v, inner)}`);
