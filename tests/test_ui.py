@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib.resources
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -487,14 +488,24 @@ def test_every_page_shows_without_console_errors_and_the_errors_page_shows_a_fai
         if where.startswith("playground"):
             page.click("#run")
             expect(page.locator("#result")).to_have_attribute("data-done", "true")
-        if folder and where == "models":  # a chart with a few samples in it (docs only)
-            for second in range(30):
-                for _ in range(1 + second % 5):
-                    http.post("/infer/minilm", json={"inputs": ["warm the chart"] * (1 + second)})
-                    http.post("/infer/minilm@v1", json={"inputs": ["and v1"]})
-                page.wait_for_timeout(1000)
+        if folder and where == "models":
+            fill_the_chart(page, http)
         if folder:
             page.screenshot(path=str(Path(folder) / f"{where.split('/')[0]}.png"), full_page=True)
 
     expect(page.locator("#errors")).to_contain_text("the weights are corrupt")
     assert tab.problems == []
+
+
+def fill_the_chart(page: Page, http: httpx.Client) -> None:
+    """Traffic of changing sizes until the charts have some history (for the screenshot only)."""
+    sizes = itertools.count(1)
+
+    def has_history() -> bool:
+        size = next(sizes)
+        for _ in range(1 + size % 5):
+            http.post("/infer/minilm", json={"inputs": ["warm the chart"] * size})
+            http.post("/infer/minilm@v1", json={"inputs": ["and v1"]})
+        return int(page.locator("#rate-chart").get_attribute("data-samples") or 0) >= 15
+
+    eventually(has_history, timeout=300, what="15 samples in the chart")

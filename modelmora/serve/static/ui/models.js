@@ -146,6 +146,7 @@ export function mount(main, { notify, poll }) {
     const series = (field) => names.map((name) => ({ label: name, points: (history[name] || {})[field] || [] }));
     draw(rateCanvas, "Requests per second", series("rate"), (v) => v.toFixed(1));
     draw(latencyCanvas, "Mean latency (ms)", series("latency"), (v) => v.toFixed(1));
+    rateCanvas.dataset.samples = Math.max(0, ...names.map((name) => ((history[name] || {}).rate || []).length));
     legend.replaceChildren(...names.map((name, i) => h("li", {}, h("span", { class: "swatch", style: `background:${color(i)}` }), name)));
   }
 
