@@ -33,7 +33,7 @@ MAX_EXAMPLES = 12
 """Per operation in the fuzzing phase; the other phases derive their cases from the schema."""
 LIST_EXAMPLES = 100
 """For `GET /jobs` and `GET /models`: cheap, and a page far down takes many cases to reach."""
-CONTEXT = 512
+CONTEXT = 2048
 """The generation model's context, in tokens (bytes: its tokenizer has one token a byte)."""
 EMBEDDING_DIMENSIONS = 32
 """What `modelfactory.build_embedding_model` makes."""

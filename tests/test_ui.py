@@ -34,6 +34,7 @@ from modelfactory import (
     build_classification_model,
     build_embedding_model,
     build_generation_model,
+    build_image_model,
 )
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from servers import start_serve, stop
@@ -53,10 +54,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-HAS_IMAGES = all(
-    importlib.util.find_spec(name) is not None
-    for name in ("modelmora.serve.api.images", "diffusers")
-)  # POST /v1/images/generations and its runtime: the image form's test runs once they are here
 KEY = "ui-s3cret"
 WAIT_MS = 60_000
 MANIFEST = """\
@@ -211,11 +208,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "plain" / "config.json").write_text("{}")
     (root / "project").mkdir()
     manifest = MANIFEST
-    if HAS_IMAGES:
-        from modelfactory import build_image_model  # type: ignore[attr-defined,unused-ignore]
-
-        pipeline = build_image_model(root / "tiny-sd")
-        manifest += f'\n[models.sd]\ntask = "text-to-image"\nsource = "{pipeline}"\n'
+    pipeline = build_image_model(root / "tiny-sd")
+    manifest += f'\n[models.sd]\ntask = "text-to-image"\nsource = "{pipeline}"\n'
     (root / "project" / "modelmora.toml").write_text(manifest)
     return root / "project"
 
@@ -381,7 +375,6 @@ def test_the_playground_classifies_and_streams_a_generation(browser: Browser, se
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_IMAGES, reason="no /v1/images/generations or no diffusers here yet")
 def test_the_playground_draws_an_image(browser: Browser, server: str) -> None:
     tab = open_ui(browser, server, "playground/sd")
     page = tab.page
