@@ -15,7 +15,7 @@ nox.options.default_venv_backend = "venv"
 def tests(session: nox.Session) -> None:
     """Run the whole test suite with coverage, as CI does (`.ci/run`)."""
     session.install("-e", ".[dev]")
-    session.run("pytest", "--cov", *session.posargs)
+    session.run("pytest", "--cov", "-n", "auto", "--dist", "loadfile", *session.posargs)
 
 
 @nox.session

@@ -218,12 +218,14 @@ def test_a_parameter_we_do_not_apply_is_refused_by_name(
 
 
 def test_the_no_op_values_clients_spell_out_are_accepted(client: openai.OpenAI) -> None:
+    # Greedy (temperature 0): a sampled token of the tiny random model may be its end of text,
+    # which would end the completion before max_tokens whatever the test order's random state.
     reply = client.completions.create(
-        model="gen", prompt="hi", max_tokens=2, n=1, user="someone", presence_penalty=0,
-        frequency_penalty=0.0, echo=False, best_of=1, logit_bias={},
+        model="gen", prompt="hi", max_tokens=2, temperature=0, n=1, user="someone",
+        presence_penalty=0, frequency_penalty=0.0, echo=False, best_of=1, logit_bias={},
     )  # fmt: skip
     chat = client.chat.completions.create(
-        model="gen", messages=CHAT, max_tokens=2, logprobs=False, stream=True,
+        model="gen", messages=CHAT, max_tokens=2, temperature=0, logprobs=False, stream=True,
         stream_options={"include_usage": True}, presence_penalty=0,
     )  # fmt: skip
 
