@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -441,3 +442,84 @@ def test_the_server_imports_aiokafka_only_when_kafka_is_configured() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --- the group join does not hold the HTTP API back ---------------------------------------------
+
+
+@pytest.fixture
+def held_join(monkeypatch: pytest.MonkeyPatch) -> dict[str, threading.Event]:
+    """`Consumer.start` (the group join) held until `release` is set; `joining` once it began,
+    `cancelled` if the server stopped while it was held."""
+    from modelmora.kafka.consumer import Consumer
+
+    events = {name: threading.Event() for name in ("joining", "release", "cancelled")}
+    original = Consumer.start
+
+    async def held(self: Consumer) -> None:
+        events["joining"].set()
+        try:
+            while not events["release"].is_set():
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            events["cancelled"].set()
+            raise
+        await original(self)
+
+    monkeypatch.setattr(Consumer, "start", held)
+    return events
+
+
+def joining_app(broker: str, tmp_path: Path, group: str) -> Any:
+    from modelmora.serve.app import create_app
+    from modelmora.serve.config import ServerSettings, SupervisorSettings
+    from modelmora.serve.supervisor import ServedModel, Supervisor
+
+    topics = {f"{group}-requests": 2, f"{group}-results": 1, f"{group}-dead": 1}
+    run(create_named_topics(broker, topics))
+    table = config.KafkaTable(
+        bootstrap_servers=[broker], request_topics=[f"{group}-requests"],
+        result_topic=f"{group}-results", dead_letter_topic=f"{group}-dead", group_id=group,
+    )  # fmt: skip
+    model = ServedModel("echo", "echo", tmp_path, runtime="runtimes_for_tests:EchoRuntime")
+    supervisor = Supervisor([model], SupervisorSettings(template_imports=("runtimes_for_tests",)))
+    return create_app(supervisor, ServerSettings(access_log=False), kafka=table)
+
+
+def is_ready(url: str) -> bool:
+    return httpx.get(f"{url}/ready", timeout=10).status_code == 200
+
+
+async def create_named_topics(address: str, topics: dict[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=address)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, count, 1) for name, count in topics.items()])
+    finally:
+        await admin.close()
+
+
+@pytest.mark.slow
+def test_http_answers_while_the_group_join_goes_on(
+    broker: str, held_join: dict[str, threading.Event], tmp_path: Path
+) -> None:
+    from liveserver import serve
+
+    with serve(joining_app(broker, tmp_path, "joiner")) as url:
+        assert held_join["joining"].wait(60)
+        eventually(lambda: is_ready(url), what="/ready to answer 200 while the join is held")
+        assert assigned(url) == 0 and not held_join["release"].is_set()
+        held_join["release"].set()
+        eventually(lambda: assigned(url) == 2, what="the group join to finish")
+
+
+@pytest.mark.slow
+def test_a_server_stopped_while_it_joins_ends_cleanly(
+    broker: str, held_join: dict[str, threading.Event], tmp_path: Path
+) -> None:
+    from liveserver import serve
+
+    with serve(joining_app(broker, tmp_path, "quitter")) as url:
+        assert held_join["joining"].wait(60)
+        eventually(lambda: is_ready(url), what="/ready to answer 200 while the join is held")
+    assert held_join["cancelled"].is_set()  # the shutdown cancelled the join, and did not wait

@@ -1,7 +1,7 @@
 """What the server's lifespan starts and stops when Kafka is configured.
 
 Bridge(...)        before the supervisor starts: its listeners see the preloads
-start()            producer, consumer group, the fetch loop, the event tasks
+start()            the producer; the group's join then the fetch loop, in the background; events
 stop_consuming()   first at shutdown: stop fetching, answer and commit what is in flight
 close()            last: publish the shutdown's events, stop the producer
 """
@@ -25,7 +25,7 @@ from modelmora.kafka.handling import Handler
 from modelmora.kafka.stats import KafkaCollector, KafkaStats
 from modelmora.serve.api.http import AppState
 from modelmora.serve.api.telemetry import Metrics
-from modelmora.serve.tasks import TaskGroup
+from modelmora.serve.tasks import TaskGroup, cancel_and_wait
 
 logger = logging.getLogger("modelmora.kafka")
 
@@ -46,6 +46,7 @@ class Bridge:
         self.events = Events(table.events, state, server, self.stats, self.total_lag)
         self.tasks = TaskGroup("kafka", logger)
         self.is_consuming = False
+        self.has_joined = False
         metrics.registry.register(KafkaCollector(self.stats, self.consumer.lag))
         state.supervisor.add_listener(self.events.on_model_event)
         audit.LISTENERS.append(self.events.on_audit)
@@ -57,24 +58,40 @@ class Bridge:
         return sum(self.consumer.lag().values())
 
     async def start(self) -> None:
+        """Start the producer (a broker that does not answer fails the start), then join the
+        group in the background: a join takes seconds (the broker waits for other members to
+        join too), and the HTTP API must not wait for it."""
         try:
             await self.producer.start()
-            await self.consumer.start()
         except KafkaError as error:
             raise ModelmoraError(
                 f"cannot use the Kafka broker at {self.table.bootstrap}: {error}",
                 "check --kafka and the [kafka] table",
             ) from None
         self.is_consuming = True
-        self.tasks.start(self.fetch(), "fetch")
+        self.tasks.start(self.join_then_fetch(), "fetch")
         self.tasks.start(self.events.publish(self.producer), "events")
         if self.table.events.metrics:
             self.tasks.start(self.events.report_metrics(), "metrics events")
+
+    async def join_then_fetch(self) -> None:
+        try:
+            await self.consumer.start()
+        except KafkaError as error:
+            logger.error(
+                "kafka: could not join the group %s, no request is consumed: %s; restart the "
+                "server once the broker answers",
+                self.table.group_id,
+                error,
+            )
+            return
+        self.has_joined = True
         logger.info(
             "kafka: consuming %s as group %s",
             ", ".join(self.table.request_topics),
             self.table.group_id,
         )
+        await self.fetch()
 
     async def fetch(self) -> None:
         """The consumer's loop; a broker error pauses it, it never ends it."""
@@ -91,7 +108,9 @@ class Bridge:
         self.is_consuming = False
         self.consumer.is_stopping = True
         fetching = [t for t in self.tasks.tasks if t.get_name().endswith(": fetch")]
-        if fetching:  # it ends within one fetch wait (FETCH_WAIT_MS)
+        if not self.has_joined:  # still joining: nothing was taken, nothing to answer
+            await cancel_and_wait(set(fetching))
+        elif fetching:  # it ends within one fetch wait (FETCH_WAIT_MS)
             await asyncio.wait(fetching, timeout=drain_timeout)
         await self.consumer.stop(drain_timeout)
 
