@@ -333,7 +333,7 @@ def _guess_task(
         return existing.task
     raise ManifestError(
         f"cannot tell what task '{source}' is for",
-        "pass --task embedding, text-generation or text-classification",
+        f"pass --task {', '.join(manifest.BUILTIN_TASKS[:-1])} or {manifest.BUILTIN_TASKS[-1]}",
     )
 
 

@@ -189,6 +189,20 @@ def test_an_explicit_task_that_contradicts_the_config_is_refused(
     assert "gpt" not in demo.manifest_path.read_text()
 
 
+def test_a_folder_whose_task_cannot_be_told_names_every_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    demo = new_project(tmp_path / "p")
+    (demo.root / "weights").mkdir()
+    (demo.root / "weights" / "model.bin").write_bytes(b"\0")
+    monkeypatch.chdir(demo.root)
+    with pytest.raises(ManifestError) as error:
+        project.add(demo, "./weights")
+    assert error.value.hint == (
+        "pass --task embedding, text-classification, text-generation or text-to-image"
+    )
+
+
 def test_lock_refuses_a_task_the_architecture_cannot_do(tmp_path: Path) -> None:
     demo = new_project(
         tmp_path / "p", '[models.g]\nsource = "./gpt"\ntask = "text-classification"\n'

@@ -4,6 +4,7 @@ Object storage is moto's S3 server on loopback, as in tests/test_storage.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -390,6 +391,41 @@ def test_run_writes_the_images_as_png_files(url: str, stored: str, tmp_path: Pat
         "cat.png",
         "image-9.png",
     ]
+
+
+@pytest.mark.slow
+def test_the_python_client_generates_images_with_their_progress(url: str, stored: str) -> None:
+    from modelmora.client import AsyncClient, Client
+    from modelmora.errors import InvalidInputError
+
+    steps: list[tuple[int, int]] = []
+    with Client(url) as client:
+        plain = client.generate_image("sd", "a red square", **FAST, seed=3)
+        streamed = client.generate_image(
+            "sd", "a red square", **FAST, seed=3, on_progress=lambda *s: steps.append(s)
+        )
+        pair = client.generate_image("sd", "a red square", **FAST, seed=3, n=2)
+        for progress in (None, lambda step, steps: None):
+            with pytest.raises(InvalidInputError, match="size"):
+                client.generate_image("sd", "a red square", size="7x7", on_progress=progress)
+    with Client(stored) as client:
+        from_storage = client.generate_image("sd", "a red square", **FAST, seed=3)
+
+    async def asynchronously() -> Any:
+        async with AsyncClient(stored) as client:
+            return await client.generate_image(
+                "sd", "a red square", **FAST, seed=3, on_progress=lambda *s: None
+            )
+
+    from_storage_async = asyncio.run(asynchronously())
+    assert steps == [(1, 2), (2, 2)]
+    assert plain.images[0].png == streamed.images[0].png  # the same request, the same bytes
+    assert [image.seed for image in pair.images] == [3, 4]
+    assert pair.images[0].png != pair.images[1].png
+    assert from_storage.images[0].png == from_storage_async.images[0].png  # downloaded, checked
+    assert (plain.width, plain.height, plain.model, plain.version) == (64, 64, "sd", None)
+    with Image.open(io.BytesIO(from_storage.images[0].png)) as image:
+        assert image.size == (64, 64)
 
 
 # --- on a CUDA machine ---------------------------------------------------------------------------

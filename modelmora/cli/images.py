@@ -1,14 +1,18 @@
-"""`modelmora run` for a text-to-image model: the images written as PNG files, not printed."""
+"""`modelmora run` for a text-to-image model: the images written as PNG files, the denoising steps
+shown as a progress bar on a terminal."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from modelmora.errors import ModelmoraError
+from modelmora.cli.app import console, options
+
+if TYPE_CHECKING:
+    from modelmora.client.images import Images, ProgressHook
 
 
 def image_paths(output: Path | None, seeds: list[int]) -> list[Path]:
@@ -20,28 +24,26 @@ def image_paths(output: Path | None, seeds: list[int]) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, len(seeds) + 1)]
 
 
-def png_bytes(image: Mapping[str, Any], timeout: float = 300.0) -> bytes:
-    """An image of a result: inline base64, or downloaded from object storage and checked."""
-    if "b64_json" in image:
-        return base64.b64decode(image["b64_json"])
-    import httpx
-
-    data = httpx.get(str(image["url"]), timeout=timeout).raise_for_status().content
-    if hashlib.sha256(data).hexdigest() != image.get("sha256"):
-        raise ModelmoraError(
-            "an image downloaded from object storage does not match its sha256",
-            hint="run the request again; if it persists, the object in storage was changed",
-        )
-    return data
-
-
-def save_images(result: Mapping[str, Any], output: Path | None) -> list[Path]:
-    """Write each image of a text-to-image result; the paths written, in order."""
-    images = list(result["images"])
-    paths = image_paths(output, [int(image["seed"]) for image in images])
-    for image, path in zip(images, paths, strict=True):
+def save_images(generated: Images, output: Path | None) -> list[Path]:
+    """Write each image (a temp file renamed into place); the paths written, in order."""
+    paths = image_paths(output, [image.seed for image in generated.images])
+    for image, path in zip(generated.images, paths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.part")
-        temporary.write_bytes(png_bytes(image))
+        temporary.write_bytes(image.png)
         temporary.replace(path)
     return paths
+
+
+@contextmanager
+def step_progress() -> Iterator[ProgressHook | None]:
+    """A progress bar of the denoising steps on a terminal; None (no streaming) otherwise."""
+    if options.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task("steps", total=None)
+        yield lambda step, steps: bar.update(task, completed=step, total=steps)

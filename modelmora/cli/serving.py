@@ -219,18 +219,23 @@ def run(
                 print(piece, end="", flush=True)
             print()
             return
+        if model.task == "text-to-image" and not as_json:
+            return _run_image(client, name, " ".join(text), output, opts)
         prompt = " ".join(text) if model.task == "text-to-image" else None
         reply = client.infer(name, prompt or (text if len(text) > 1 else text[0]), **opts)
     if as_json:
         return emit_json(dict(reply.body))
-    if model.task == "text-to-image":
-        from modelmora.cli.images import save_images
-
-        result = reply.result
-        for path, image in zip(save_images(result, output), result["images"], strict=True):
-            say(f"Wrote {path} ({result['width']}x{result['height']}, seed {image['seed']})")
-        return
     _print_result(model.task, text, reply.result)
+
+
+def _run_image(client: Any, name: str, prompt: str, output: Path | None, opts: Any) -> None:
+    from modelmora.cli.images import save_images, step_progress
+
+    with step_progress() as on_progress:
+        generated = client.generate_image(name, prompt, on_progress=on_progress, **opts)
+    size = f"{generated.width}x{generated.height}"
+    for path, image in zip(save_images(generated, output), generated.images, strict=True):
+        say(f"Wrote {path} ({size}, seed {image.seed})")
 
 
 def _print_result(task: str, texts: list[str], result: Any) -> None:

@@ -9,7 +9,8 @@ over gRPC (`oipgrpc.py`), grpcio imported when one is made. No server code, no t
 """
 
 from modelmora.client.aio import AsyncClient, AsyncJobs
-from modelmora.client.errors import CircuitOpenError, ServerUnreachableError
+from modelmora.client.errors import CircuitOpenError, ServerUnreachableError, StoredResultError
+from modelmora.client.images import GeneratedImage, Images
 from modelmora.client.oipgrpc import GrpcClient
 from modelmora.client.resilience import (
     BreakerCounters,
@@ -33,8 +34,10 @@ __all__ = [
     "CircuitOpenError",
     "Client",
     "Embeddings",
+    "GeneratedImage",
     "Generation",
     "GrpcClient",
+    "Images",
     "Inference",
     "Job",
     "Jobs",
@@ -44,4 +47,5 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "ServerUnreachableError",
+    "StoredResultError",
 ]

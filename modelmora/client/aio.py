@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from modelmora.client import calls, stored
+from modelmora.client import calls, images, stored
 from modelmora.client.calls import Call
+from modelmora.client.images import EventReader, Images, ProgressHook
 from modelmora.client.resilience import Attempts, CircuitBreaker, RetryCounters, RetryPolicy
 from modelmora.client.results import Embeddings, Generation, Inference, Job, Predictions
 from modelmora.client.transport import DEFAULT_URL, base_headers, gave_up, wait_deadline
+from modelmora.errors import ServeError
 
 if TYPE_CHECKING:
     from modelmora.serve.status import ModelStatus
@@ -81,6 +83,40 @@ class AsyncClient:
                     yield piece
         finally:
             await response.aclose()
+
+    async def generate_image(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        route_key: str | None = None,
+        on_progress: ProgressHook | None = None,
+        **options: Any,
+    ) -> Images:
+        """As `Client.generate_image`."""
+        if on_progress is None:
+            call = calls.image(model, prompt, options, route_key)
+            response = await self.open(call)
+            body = call.parse(response)
+        else:
+            call = calls.image(model, prompt, {**options, "stream": True}, route_key)
+            response = await self.open(call, stream=True)
+            body = await self._events(response, EventReader(on_progress))
+        version = images.version_of(body, response.headers.get(calls.VERSION_HEADER))
+        return await images.images_of_async(body, version, self.timeout)
+
+    async def _events(self, response: httpx.Response, reader: EventReader) -> Mapping[str, Any]:
+        try:
+            if response.is_error:
+                await response.aread()
+                raise calls.error_from(response)
+            async for line in response.aiter_lines():
+                reader.feed(line)
+        finally:
+            await response.aclose()
+        if reader.body is None:
+            raise ServeError("the server ended the stream without a result", hint="try again")
+        return reader.body
 
     async def infer(
         self, model: str, inputs: Any, *, route_key: str | None = None, **options: Any

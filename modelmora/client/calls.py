@@ -89,6 +89,14 @@ def generate(
                 headers=route_headers(route_key), may_be_stored=True)  # fmt: skip
 
 
+def image(
+    name: str, prompt: str, options: Mapping[str, Any], route_key: str | None
+) -> Call[Mapping[str, Any]]:
+    """A text-to-image request; with `stream` in options, its answer is server-sent events."""
+    return Call("POST", f"/infer/{name}", _checked, {"inputs": prompt, **options},
+                headers=route_headers(route_key))  # fmt: skip
+
+
 def stream(name: str, prompt: str, options: Mapping[str, Any], route_key: str | None) -> Call[Any]:
     """A streamed completion (`/v1/completions`); options take the native names or OpenAI's."""
     named = {_OPENAI_NAMES.get(key, key): value for key, value in options.items()}

@@ -32,8 +32,8 @@ def location_in(response: httpx.Response) -> Mapping[str, Any] | None:
     return location(response.json())
 
 
-def checked(where: Mapping[str, Any], response: httpx.Response) -> Any:
-    """The stored result's JSON, once its size and sha256 match what the server announced."""
+def checked(where: Mapping[str, Any], response: httpx.Response) -> bytes:
+    """The stored object's bytes, once their size and sha256 match what the server announced."""
     if response.status_code == 403:
         raise StoredResultError(
             f"the stored result's URL was refused (403); it expires at {where.get('expires_at')}",
@@ -52,11 +52,11 @@ def checked(where: Mapping[str, Any], response: httpx.Response) -> Any:
             "the stored result does not match the size and sha256 the server announced",
             hint="ask again; if it persists, the object in storage was changed",
         )
-    return json.loads(content)
+    return content
 
 
-def fetch(where: Mapping[str, Any], timeout: float) -> Any:
-    """Download and check a stored result."""
+def download(where: Mapping[str, Any], timeout: float) -> bytes:
+    """A stored object's bytes, checked."""
     try:
         response = httpx.get(str(where["url"]), timeout=timeout)
     except httpx.TransportError as error:
@@ -64,13 +64,22 @@ def fetch(where: Mapping[str, Any], timeout: float) -> Any:
     return checked(where, response)
 
 
-async def fetch_async(where: Mapping[str, Any], timeout: float) -> Any:
+async def download_async(where: Mapping[str, Any], timeout: float) -> bytes:
     try:
         async with httpx.AsyncClient(timeout=timeout) as http:
             response = await http.get(str(where["url"]))
     except httpx.TransportError as error:
         raise unreachable(error) from None
     return checked(where, response)
+
+
+def fetch(where: Mapping[str, Any], timeout: float) -> Any:
+    """Download and check a stored result (JSON)."""
+    return json.loads(download(where, timeout))
+
+
+async def fetch_async(where: Mapping[str, Any], timeout: float) -> Any:
+    return json.loads(await download_async(where, timeout))
 
 
 def unreachable(error: httpx.TransportError) -> StoredResultError:

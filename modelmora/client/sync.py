@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from modelmora.client import calls, stored
+from modelmora.client import calls, images, stored
 from modelmora.client.calls import Call
+from modelmora.client.images import EventReader, Images, ProgressHook
 from modelmora.client.resilience import Attempts, CircuitBreaker, RetryCounters, RetryPolicy
 from modelmora.client.results import Embeddings, Generation, Inference, Job, Predictions
 from modelmora.client.transport import DEFAULT_URL, base_headers, gave_up, wait_deadline
+from modelmora.errors import ServeError
 
 if TYPE_CHECKING:
     from modelmora.serve.status import ModelStatus
@@ -94,6 +96,41 @@ class Client:
     ) -> Inference:
         """Any task: `inputs` and the task's fields as `POST /infer/{model}` takes them."""
         return self.send(calls.infer(model, inputs, options, route_key))
+
+    def generate_image(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        route_key: str | None = None,
+        on_progress: ProgressHook | None = None,
+        **options: Any,
+    ) -> Images:
+        """PNG images for a text-to-image model (`size`, `n`, `steps`, `guidance`, `seed`,
+        `negative_prompt`); `on_progress(step, steps)` after each denoising step, if given."""
+        if on_progress is None:
+            call = calls.image(model, prompt, options, route_key)
+            response = self.open(call)
+            body = call.parse(response)
+        else:
+            call = calls.image(model, prompt, {**options, "stream": True}, route_key)
+            response = self.open(call, stream=True)
+            body = self._events(response, EventReader(on_progress))
+        version = images.version_of(body, response.headers.get(calls.VERSION_HEADER))
+        return images.images_of(body, version, self.timeout)
+
+    def _events(self, response: httpx.Response, reader: EventReader) -> Mapping[str, Any]:
+        try:
+            if response.is_error:
+                response.read()
+                raise calls.error_from(response)
+            for line in response.iter_lines():
+                reader.feed(line)
+        finally:
+            response.close()
+        if reader.body is None:
+            raise ServeError("the server ended the stream without a result", hint="try again")
+        return reader.body
 
     stream_text = stream
 
