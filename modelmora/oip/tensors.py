@@ -6,12 +6,15 @@ task takes and gives. Pure: shared by the server (REST and gRPC) and `modelmora.
     TASKS[task].body(inputs, parameters)     -> the body of POST /infer/{name} for the same call
     TASKS[task].outputs(result)              -> the output tensors of a runtime result
 
+text-to-image's IMAGE holds PNG bytes: raw in the binary extension and gRPC, base64 text in JSON.
+
 Binary data is little-endian, row-major, without padding; a BYTES element is a 4-byte
 little-endian length and its bytes. No numpy: the server process stays light.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import struct
 import sys
@@ -53,6 +56,9 @@ class Tensor:
     raw: bytes | None = None
     """The binary form already (little-endian, row-major), and then `data` is left empty: an
     output that came packed from the worker is sent as is (`modelmora.vectors`)."""
+    json_data: list[Any] | None = None
+    """The JSON form's elements when they are not `data`'s own: PNG bytes are no UTF-8 text, so
+    text-to-image's IMAGE goes in JSON as base64 strings (in binary data and gRPC, raw bytes)."""
 
     @property
     def values(self) -> list[Value]:
@@ -127,7 +133,10 @@ def as_number(name: str, datatype: str, item: Any) -> Value:
 
 
 def to_json(tensor: Tensor) -> list[Value]:
-    """The flat JSON data of a tensor: BYTES as UTF-8 text (undecodable bytes replaced)."""
+    """The flat JSON data of a tensor: BYTES as UTF-8 text (undecodable bytes replaced), or the
+    tensor's own `json_data` (base64 PNGs)."""
+    if tensor.json_data is not None:
+        return list(tensor.json_data)
     if tensor.datatype == "BYTES":
         return [value.decode(errors="replace") for value in tensor.values]
     return list(tensor.values)
@@ -214,17 +223,17 @@ def conform(spec: Spec, datatype: str, shape: Sequence[int]) -> None:
 TEXT = "TEXT"
 
 
-def texts(inputs: Mapping[str, Tensor]) -> list[str]:
-    """The input TEXT as strings (any shape: its elements in row-major order)."""
-    tensor = inputs.get(TEXT)
+def texts(inputs: Mapping[str, Tensor], name: str = TEXT) -> list[str]:
+    """The input `name` (TEXT) as strings (any shape: its elements in row-major order)."""
+    tensor = inputs.get(name)
     if tensor is None:
-        raise InvalidInputError(f"the input tensor '{TEXT}' is missing", f"send {TEXT} as BYTES")
+        raise InvalidInputError(f"the input tensor '{name}' is missing", f"send {name} as BYTES")
     if tensor.datatype != "BYTES":
-        raise invalid(TEXT, f"datatype is {tensor.datatype}; send BYTES")
+        raise invalid(name, f"datatype is {tensor.datatype}; send BYTES")
     try:
         return [value.decode() for value in tensor.data]
     except UnicodeDecodeError:
-        raise invalid(TEXT, "an element is not UTF-8 text") from None
+        raise invalid(name, "an element is not UTF-8 text") from None
 
 
 def options(parameters: Parameters, names: Sequence[str]) -> dict[str, Any]:
@@ -278,6 +287,38 @@ def generation_outputs(result: Mapping[str, Any]) -> list[Tensor]:
     return [Tensor(TEXT, "BYTES", (1,), [text]), Tensor("FINISH_REASON", "BYTES", (1,), [finish])]
 
 
+IMAGE_OPTIONS = ("size", "n", "steps", "guidance", "seed")
+"""text-to-image's request parameters: the native options (`runtimes.imageoptions` bounds them)."""
+NEGATIVE_PROMPT = "NEGATIVE_PROMPT"
+
+
+def one_text(inputs: Mapping[str, Tensor], name: str) -> str:
+    values = texts(inputs, name)
+    if len(values) != 1:
+        raise invalid(name, f"a text-to-image request has one, not {len(values)}")
+    return values[0]
+
+
+def image_body(inputs: Mapping[str, Tensor], parameters: Parameters) -> dict[str, Any]:
+    """One prompt, maybe one negative prompt; the options as parameters."""
+    negative = one_text(inputs, NEGATIVE_PROMPT) if NEGATIVE_PROMPT in inputs else None
+    named = {} if negative is None else {"negative_prompt": negative}
+    return {"inputs": one_text(inputs, TEXT), **named, **options(parameters, IMAGE_OPTIONS)}
+
+
+def image_outputs(result: Mapping[str, Any]) -> list[Tensor]:
+    """IMAGE: each image's PNG bytes (base64 text in JSON); SEED: the seed it was drawn from."""
+    images: list[Mapping[str, Any]] = result["images"]
+    encoded = [str(image["b64_json"]) for image in images]
+    pngs = [base64.b64decode(text) for text in encoded]
+    seeds = [int(image["seed"]) for image in images]
+    shape = (len(images),)
+    return [
+        Tensor("IMAGE", "BYTES", shape, pngs, json_data=encoded),
+        Tensor("SEED", "INT64", shape, seeds),
+    ]
+
+
 TASKS: dict[str, TaskTensors] = {
     "embedding": TaskTensors(
         (Spec(TEXT, "BYTES", (-1,)),),
@@ -296,6 +337,12 @@ TASKS: dict[str, TaskTensors] = {
         (Spec(TEXT, "BYTES", (1,)), Spec("FINISH_REASON", "BYTES", (1,))),
         generation_body,
         generation_outputs,
+    ),
+    "text-to-image": TaskTensors(
+        (Spec(TEXT, "BYTES", (1,)), Spec(NEGATIVE_PROMPT, "BYTES", (1,))),
+        (Spec("IMAGE", "BYTES", (-1,)), Spec("SEED", "INT64", (-1,))),
+        image_body,
+        image_outputs,
     ),
 }
 

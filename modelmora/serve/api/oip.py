@@ -40,6 +40,7 @@ from modelmora.oip.schemas import (
     UnloadRequest,
 )
 from modelmora.oip.tensors import (
+    IMAGE_OPTIONS,
     SAMPLING,
     TASKS,
     Spec,
@@ -75,6 +76,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "embedding": ("normalize",),
     "text-classification": ("top_k",),
     "text-generation": ("max_tokens", *SAMPLING),
+    "text-to-image": IMAGE_OPTIONS,
 }
 """The request parameters each task takes besides the protocol's own (`PROTOCOL`)."""
 PROTOCOL = ("priority", "timeout", "binary_data_output")
@@ -82,6 +84,8 @@ TRITON_PRIORITIES = {1: CRITICAL, 2: HIGH, 3: NORMAL}
 """Triton's priority: 1 is the highest level; 0 is the default; 4 and above are our low."""
 MAX_TIMEOUT_US = 3_600_000_000
 """Triton's `timeout` is in microseconds; the native schema's bound is 3600 s."""
+NONEMPTY = ("text-generation", "text-to-image")
+"""Tasks whose TEXT element must not be empty (a prompt)."""
 UNAVAILABLE = {"unloaded": "unloaded: loads on its first request", "restarting": "restarting"}
 
 _METADATA = ServerMetadata(name="modelmora", version=__version__, extensions=EXTENSIONS)
@@ -441,7 +445,7 @@ class _OutputParameters(BaseModel):
 
 
 def _documented_input(title: str, spec: Spec, task: str) -> type[BaseModel]:
-    item: Any = Annotated[str, Field(min_length=1)] if task == "text-generation" else str
+    item: Any = Annotated[str, Field(min_length=1)] if task in NONEMPTY else str
     return _model(
         f"{title}InputTensor",
         name=(_one_of((spec.name,)), ...),
