@@ -176,3 +176,18 @@ def test_two_prompts_or_an_unknown_parameter_are_refused(served: tuple[str, str]
 
     assert two.status_code == 400 and "TEXT" in two.json()["error"]
     assert unknown.status_code == 400 and "stream" in unknown.json()["error"]
+
+
+def test_openapi_documents_the_infer_body(served: tuple[str, str]) -> None:
+    document = httpx.get(f"{served[0]}/openapi.json", timeout=60).json()
+    schemas = document["components"]["schemas"]
+    inputs = schemas["TextToImageOipInferRequest"]["properties"]["inputs"]["anyOf"]
+    parameters = schemas["TextToImageInferParameters"]["properties"]
+
+    forms = [[item["$ref"].rsplit("/", 1)[1] for item in form["prefixItems"]] for form in inputs]
+    assert forms == [
+        ["TextToImageInputTensor"],
+        ["TextToImageInputTensor", "TextToImageNegativePromptInputTensor"],
+    ]
+    assert {"size", "n", "steps", "guidance", "seed"} <= set(parameters)
+    assert "stream" not in parameters

@@ -10,7 +10,9 @@ model's route picks it. Errors are Triton's `{"error": "..."}` (http.error_respo
 from __future__ import annotations
 
 import functools
+import operator
 import time
+import types
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -422,7 +424,7 @@ def documented_request(task: str) -> type[BaseModel]:
         f"{title}OipInferRequest",
         id=(str | None, None),
         parameters=(_documented_parameters(title, task) | None, None),
-        inputs=(list[_documented_input(title, tensors.inputs[0], task)], _ONE),  # type: ignore[misc]
+        inputs=_documented_inputs(title, tensors.inputs, task),
         outputs=(list[output] | None, None),  # type: ignore[valid-type]
     )
 
@@ -454,6 +456,19 @@ def _documented_input(title: str, spec: Spec, task: str) -> type[BaseModel]:
         parameters=(NoParameters | None, None),
         data=(list[item], _ONE),
     )
+
+
+def _documented_inputs(title: str, specs: Sequence[Spec], task: str) -> tuple[Any, Any]:
+    """The first input, then each later one optional (text-to-image's NEGATIVE_PROMPT)."""
+    first = _documented_input(title, specs[0], task)
+    if len(specs) == 1:
+        return list[first], _ONE  # type: ignore[valid-type]
+    rest = [
+        _documented_input(f"{title}{spec.name.title().replace('_', '')}", spec, task)
+        for spec in specs[1:]
+    ]
+    forms = [types.GenericAlias(tuple, (first, *rest[:count])) for count in range(len(rest) + 1)]
+    return functools.reduce(operator.or_, forms), ...
 
 
 def _documented_parameters(title: str, task: str) -> type[BaseModel]:
