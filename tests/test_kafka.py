@@ -421,6 +421,8 @@ def test_a_bad_kafka_table_is_one_line_and_exit_code_1(
         "[kafka.security]\nprotocol = 'SASL_SSL'": "needs sasl_mechanism",
         "max_in_flight = 0": "kafka.max_in_flight",
         "retry_backoff = 'soon'": "not a duration",
+        "partitions = 0": "kafka.partitions",
+        "replication_factor = 0": "kafka.replication_factor",
     }
     for table, message in bad.items():
         (tmp_path / "modelmora.toml").write_text(f'[project]\nname = "bad"\n[kafka]\n{table}\n')
@@ -433,6 +435,92 @@ def test_a_bad_kafka_table_is_one_line_and_exit_code_1(
     assert "--kafka: 'nohost' is not HOST:PORT" in done.stderr
     done = cli_run("serve", "--kafka", f"127.0.0.1:{free_port()}", cwd=tmp_path, code=1)
     assert "cannot reach the Kafka broker" in done.stderr
+
+
+FRESH = """\
+[project]
+name = "fresh"
+
+[models.echo]
+source = "../tiny-bert"
+task = "echo"
+runtime = "runtimes_for_tests:EchoRuntime"
+
+[kafka]
+request_topics = "fresh-requests"
+result_topic = "fresh-results"
+dead_letter_topic = "fresh-dead"
+group_id = "fresh"
+create_topics = true
+partitions = 3
+output_partitions = 2
+
+[kafka.events]
+lifecycle = "fresh-lifecycle"
+"""
+
+
+async def partition_counts(address: str, names: list[str]) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=address)
+    await admin.start()
+    try:
+        topics = await admin.describe_topics(names)
+        return {topic["topic"]: len(topic["partitions"]) for topic in topics}
+    finally:
+        await admin.close()
+
+
+@pytest.mark.slow
+def test_create_topics_makes_the_missing_topics_then_serves(project: Path, broker: str) -> None:
+    root = project.parent / "fresh"
+    root.mkdir()
+    (root / "modelmora.toml").write_text(FRESH)
+    _, process = start_serve(root, "--kafka", broker, env=TESTS_ON_PATH)
+    try:
+        produced = json.dumps({"id": "fresh-1", "model": "echo", "input": {"a": 1}}).encode()
+
+        async def send() -> None:
+            producer = aiokafka.AIOKafkaProducer(bootstrap_servers=broker)
+            await producer.start()
+            try:
+                await producer.send_and_wait("fresh-requests", produced, key=b"k")
+            finally:
+                await producer.stop()
+
+        run(send())
+        result = eventually(
+            lambda: next(iter(values(broker, "fresh-results")), None), 60, what="the answer"
+        )
+        assert result["id"] == "fresh-1" and result["model"] == "echo"
+    finally:
+        out, log = stop(process)
+    assert "Traceback" not in log, log
+    created = "Created the Kafka topics fresh-dead, fresh-lifecycle, fresh-requests, fresh-results"
+    assert created in out, out
+    names = ["fresh-requests", "fresh-results", "fresh-dead", "fresh-lifecycle"]
+    assert run(partition_counts(broker, names)) == {
+        "fresh-requests": 3, "fresh-results": 2, "fresh-dead": 2, "fresh-lifecycle": 2
+    }  # fmt: skip
+
+
+def test_a_missing_topic_stops_serve_with_one_line(
+    tmp_path: Path, broker: str, cli_run: Callable[..., Result]
+) -> None:
+    """Checked by listing, which creates nothing (asking for a topic's metadata would, on Tansu)."""
+    table = 'request_topics = "requests"\nresult_topic = "absent-results"\n'
+    (tmp_path / "modelmora.toml").write_text(f'[project]\nname = "gaps"\n[kafka]\n{table}')
+    for _ in range(2):
+        done = cli_run("serve", "--kafka", broker, cwd=tmp_path, code=1)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Kafka topics 'absent-results', 'modelmora.dead-letter' do not exist" in done.stderr
+        assert "create them, or set create_topics = true in [kafka]" in done.stderr
+    (tmp_path / "modelmora.toml").write_text(
+        '[project]\nname = "gap"\n[kafka]\nrequest_topics = "requests"\n'
+        'result_topic = "results"\ndead_letter_topic = "dead"\n[kafka.events]\naudit = "absent"\n'
+    )
+    done = cli_run("serve", "--kafka", broker, cwd=tmp_path, code=1)
+    assert "Kafka topic 'absent' does not exist" in done.stderr
+    assert "create it, or set create_topics = true in [kafka]" in done.stderr
 
 
 def test_the_server_imports_aiokafka_only_when_kafka_is_configured() -> None:

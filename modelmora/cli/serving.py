@@ -138,7 +138,8 @@ def serve(
 
 def _kafka(flag: str | None, manifest: Any, where: str, ray: bool) -> Any:
     """The `[kafka]` settings when `--kafka` or the table asks for Kafka, checked now (aiokafka
-    installed, a broker answering), before anything is installed or started; else None."""
+    installed, a broker answering, its topics there or created), before anything is installed
+    or started; else None."""
     from modelmora.kafka import config as kafka_config
 
     table = kafka_config.resolve(flag, manifest.kafka if manifest else None, where)
@@ -148,6 +149,11 @@ def _kafka(flag: str | None, manifest: Any, where: str, ray: bool) -> Any:
         )
     if table is not None:
         kafka_config.check(table)
+        from modelmora.kafka.topics import ensure_topics
+
+        created = ensure_topics(table)
+        if created:
+            say(f"Created the Kafka topics {', '.join(created)}")
     return table
 
 

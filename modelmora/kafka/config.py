@@ -116,6 +116,14 @@ class KafkaTable(BaseModel):
     session_timeout: Seconds = 10.0
     """How long the group waits for a silent member before giving its partitions to others."""
     commit_interval: Seconds = 1.0
+    create_topics: bool = False
+    """At start, create the topics that do not exist yet (else a missing topic stops `serve`)."""
+    partitions: int = Field(4, ge=1, le=10_000)
+    """Partitions of a request topic `create_topics` creates: at most this many servers share it."""
+    output_partitions: int = Field(1, ge=1, le=10_000)
+    """Partitions of a result, dead-letter or event topic `create_topics` creates."""
+    replication_factor: int = Field(1, ge=1, le=100)
+    """Copies of each partition of a topic `create_topics` creates, on as many brokers."""
     fetch_max_wait: Seconds = 0.05
     """How long the broker may hold a fetch that found no new records: a request that arrives
     in a quiet spell waits up to this long (lower answers sooner, higher fetches less often)."""
