@@ -523,6 +523,28 @@ def test_a_missing_topic_stops_serve_with_one_line(
     assert "create it, or set create_topics = true in [kafka]" in done.stderr
 
 
+def test_a_refused_topic_creation_is_one_line_and_an_existing_topic_is_fine() -> None:
+    """The broker's answer is faked: Tansu creates any topic it is asked for (3 replicas on its one
+    broker too), so the refusal of a real Kafka cluster cannot be had from it."""
+    from types import SimpleNamespace
+
+    from modelmora.kafka.topics import _create
+
+    class Admin:
+        def __init__(self, *errors: tuple[str, int, str | None]) -> None:
+            self.errors = list(errors)
+
+        async def create_topics(self, new: list[NewTopic], timeout_ms: int) -> SimpleNamespace:
+            assert [(t.name, t.num_partitions, t.replication_factor) for t in new] == [("t", 2, 3)]
+            return SimpleNamespace(topic_errors=self.errors)
+
+    table = config.KafkaTable(create_topics=True, replication_factor=3)
+    run(_create(Admin(("t", 36, "Topic 't' already exists.")), table, {"t": 2}))  # type: ignore[arg-type]
+    refused = Admin(("t", 38, "Replication factor: 3 larger than available brokers: 1."))
+    with pytest.raises(ModelmoraError, match="cannot create the Kafka topic 't': Replication"):
+        run(_create(refused, table, {"t": 2}))  # type: ignore[arg-type]
+
+
 def test_the_server_imports_aiokafka_only_when_kafka_is_configured() -> None:
     code = (
         "import sys, modelmora.serve.app, modelmora.manifest, modelmora.cli; "
