@@ -15,6 +15,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ class ImageRuntime:
     def __init__(self) -> None:
         self.device = "cpu"
         self.pipeline: Any = None
+        self.pipeline_thread = ThreadPoolExecutor(1, thread_name_prefix="text-to-image")
+        """Every generation runs on this one thread, warm-up included. `stream` needs a thread of
+        its own to yield from the pipeline's step callback, and torch's OpenMP threads are a team
+        per calling thread: a new thread per stream ran each step about 3 times slower in a
+        worker (20 ms instead of 7 at 64x64, `benchmarks/bench_image.py`)."""
 
     def load(self, spec: ModelSpec) -> None:
         folder = require_pipeline(spec.path)
@@ -65,7 +71,8 @@ class ImageRuntime:
         self.infer({"prompt": "warm up", "size": WARM_UP_SIZE, "steps": 1})
 
     def infer(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self.generate(ImageParams.from_request(request))
+        params = ImageParams.from_request(request)
+        return self.pipeline_thread.submit(self.generate, params).result()
 
     def stream(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Yield {"step", "steps"} after each denoising step, then the result."""
@@ -82,8 +89,7 @@ class ImageRuntime:
             finally:
                 events.put(None)
 
-        thread = threading.Thread(target=produce, name="text-to-image", daemon=True)
-        thread.start()
+        done = self.pipeline_thread.submit(produce)
         try:
             while (event := events.get()) is not None:
                 if isinstance(event, BaseException):
@@ -91,7 +97,7 @@ class ImageRuntime:
                 yield event
         finally:
             cancelled.set()  # the consumer left early: the pipeline stops at the next step
-            thread.join()
+            done.result()
 
     def accelerator_memory(self) -> int | None:
         import torch
