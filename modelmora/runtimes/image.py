@@ -41,8 +41,8 @@ class ImageRuntime:
         self.pipeline_thread = ThreadPoolExecutor(1, thread_name_prefix="text-to-image")
         """Every generation runs on this one thread, warm-up included. `stream` needs a thread of
         its own to yield from the pipeline's step callback, and torch's OpenMP threads are a team
-        per calling thread: a new thread per stream ran each step about 3 times slower in a
-        worker (20 ms instead of 7 at 64x64, `benchmarks/bench_image.py`)."""
+        per calling thread: a new thread per stream ran each step slower in a worker (64x64 in 4
+        steps: 92 ms streamed, 47 ms plain; docs/benchmarks.md#text-to-image-issue-13)."""
 
     def load(self, spec: ModelSpec) -> None:
         folder = require_pipeline(spec.path)
