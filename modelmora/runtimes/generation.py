@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelmora.errors import InvalidInputError
 from modelmora.runtimes import ModelSpec
-from modelmora.runtimes.base import TransformersRuntime
+from modelmora.runtimes.base import TransformersRuntime, model_thread
 from modelmora.runtimes.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class GenerationRuntime(TransformersRuntime):
     def __init__(self) -> None:
         super().__init__()
         self.end_token_ids: frozenset[int] = frozenset()
+        self.model_thread = model_thread("generate")
 
     def load(self, spec: ModelSpec) -> None:
         from transformers import AutoModelForCausalLM
@@ -42,7 +43,7 @@ class GenerationRuntime(TransformersRuntime):
 
     def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         pieces: list[str] = []
-        decoder = self._generate(request, pieces.append)
+        decoder = self.model_thread.submit(self._generate, request, pieces.append).result()
         return {"text": "".join(pieces), **decoder.summary()}
 
     def stream(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -59,8 +60,7 @@ class GenerationRuntime(TransformersRuntime):
             finally:
                 pieces.put(None)
 
-        thread = threading.Thread(target=produce, name="generate", daemon=True)
-        thread.start()
+        done = self.model_thread.submit(produce)
         try:
             while (piece := pieces.get()) is not None:
                 if isinstance(piece, BaseException):
@@ -68,7 +68,7 @@ class GenerationRuntime(TransformersRuntime):
                 yield {"text": piece}
         finally:
             cancelled.set()  # the consumer left early: generation stops at the next token
-            thread.join()
+            done.result()
         yield {"text": "", **outcome[0].summary()}
 
     def _generate(

@@ -15,13 +15,12 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from modelmora.errors import ModelmoraError
 from modelmora.runtimes import ModelSpec
-from modelmora.runtimes.base import resolve_device, resolve_dtype
+from modelmora.runtimes.base import model_thread, resolve_device, resolve_dtype
 from modelmora.runtimes.imageoptions import SEED, ImageParams
 
 OnStep = Callable[[int, int], None]
@@ -38,11 +37,7 @@ class ImageRuntime:
     def __init__(self) -> None:
         self.device = "cpu"
         self.pipeline: Any = None
-        self.pipeline_thread = ThreadPoolExecutor(1, thread_name_prefix="text-to-image")
-        """Every generation runs on this one thread, warm-up included. `stream` needs a thread of
-        its own to yield from the pipeline's step callback, and torch's OpenMP threads are a team
-        per calling thread: a new thread per stream ran each step slower in a worker (64x64 in 4
-        steps: 92 ms streamed, 47 ms plain; docs/benchmarks.md#text-to-image-issue-13)."""
+        self.pipeline_thread = model_thread("text-to-image")
 
     def load(self, spec: ModelSpec) -> None:
         folder = require_pipeline(spec.path)
