@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+import pytest
 from waiting import eventually
 
 
@@ -83,3 +84,23 @@ def outputs(process: subprocess.Popen[str]) -> tuple[str, str]:
         file.seek(0)
         written.append(file.read())
     return (written[0], written[1]) if written else ("", "")
+
+
+def added_project(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]
+) -> tuple[Path, dict[str, str]]:
+    """A project made as a person makes one, `modelmora init` then `add PATH --name NAME` per
+    model, with HOME and caches of its own (a module fixture runs before the per-test isolation);
+    the project's folder and the environment to serve it with."""
+    root = tmp_path_factory.mktemp("project")
+    home = tmp_path_factory.mktemp("home")
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+           "HF_HOME": str(home / "hf"), "MODELMORA_HOME": str(home / "modelmora")}  # fmt: skip
+    adds = [["add", str(path), "--name", name] for name, path in models.items()]
+    for command in (["init"], *adds):
+        done = subprocess.run(
+            [sys.executable, "-m", "modelmora", *command], cwd=root, env={**os.environ, **env},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    return root, env

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import openai
 import pytest
 from liveserver import serve
 from modelfactory import build_image_model
-from servers import start_serve, stop
+from servers import added_project, start_serve, stop
 from waiting import eventually
 
 pytest.importorskip("diffusers")
@@ -41,18 +40,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`modelmora init`, `add` (which reads the task from model_index.json) and `serve`, with
-    HOME and the caches of their own (the per-test isolation starts after module fixtures)."""
-    root = tmp_path_factory.mktemp("project")
-    home = tmp_path_factory.mktemp("home")
-    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-           "HF_HOME": str(home / "hf"), "MODELMORA_HOME": str(home / "modelmora")}  # fmt: skip
-    for command in (["init"], ["add", str(pipeline), "--name", "sd"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "modelmora", *command], cwd=root, env={**os.environ, **env},
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    """`modelmora init`, `add` (which reads the task from model_index.json) and `serve`."""
+    root, env = added_project(tmp_path_factory, {"sd": pipeline})
     assert 'task = "text-to-image"' in (root / "modelmora.toml").read_text()
     base_url, process = start_serve(root, "--preload", "sd", env=env)
     try:

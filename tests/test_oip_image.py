@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from modelfactory import build_image_model
-from servers import free_port, start_serve, stop
+from servers import added_project, free_port, start_serve, stop
 
 pytest.importorskip("diffusers")
 import tritonclient.grpc as triton_grpc
@@ -33,16 +30,7 @@ PROMPT = "a red square"
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The REST url and gRPC address of one server with the tiny pipeline as `sd`."""
     pipeline = build_image_model(tmp_path_factory.mktemp("models") / "tiny-sd")
-    root = tmp_path_factory.mktemp("project")
-    home = tmp_path_factory.mktemp("home")
-    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-           "HF_HOME": str(home / "hf"), "MODELMORA_HOME": str(home / "modelmora")}  # fmt: skip
-    for command in (["init"], ["add", str(pipeline), "--name", "sd"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "modelmora", *command], cwd=root, env={**os.environ, **env},
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    root, env = added_project(tmp_path_factory, {"sd": pipeline})
     port = free_port()
     url, process = start_serve(root, "--preload", "sd", "--grpc-port", str(port), env=env)
     try:
