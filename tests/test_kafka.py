@@ -116,11 +116,12 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-async def create_topics(address: str) -> bool:
+async def create_topics(address: str, topics: dict[str, int] = TOPICS) -> bool:
+    """Create `topics` (name: partitions); True, for `eventually`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=address)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, count, 1) for name, count in TOPICS.items()])
+        await admin.create_topics([NewTopic(name, count, 1) for name, count in topics.items()])
     finally:
         await admin.close()
     return True
@@ -586,7 +587,7 @@ def joining_app(broker: str, tmp_path: Path, group: str) -> Any:
     from modelmora.serve.supervisor import ServedModel, Supervisor
 
     topics = {f"{group}-requests": 2, f"{group}-results": 1, f"{group}-dead": 1}
-    run(create_named_topics(broker, topics))
+    run(create_topics(broker, topics))
     table = config.KafkaTable(
         bootstrap_servers=[broker], request_topics=[f"{group}-requests"],
         result_topic=f"{group}-results", dead_letter_topic=f"{group}-dead", group_id=group,
@@ -598,15 +599,6 @@ def joining_app(broker: str, tmp_path: Path, group: str) -> Any:
 
 def is_ready(url: str) -> bool:
     return httpx.get(f"{url}/ready", timeout=10).status_code == 200
-
-
-async def create_named_topics(address: str, topics: dict[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=address)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, count, 1) for name, count in topics.items()])
-    finally:
-        await admin.close()
 
 
 @pytest.mark.slow

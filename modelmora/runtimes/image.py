@@ -37,7 +37,7 @@ class ImageRuntime:
     def __init__(self) -> None:
         self.device = "cpu"
         self.pipeline: Any = None
-        self.pipeline_thread = model_thread("text-to-image")
+        self.model_thread = model_thread("text-to-image")
 
     def load(self, spec: ModelSpec) -> None:
         folder = require_pipeline(spec.path)
@@ -67,7 +67,7 @@ class ImageRuntime:
 
     def infer(self, request: dict[str, Any]) -> dict[str, Any]:
         params = ImageParams.from_request(request)
-        return self.pipeline_thread.submit(self.generate, params).result()
+        return self.model_thread.submit(self.generate, params).result()
 
     def stream(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Yield {"step", "steps"} after each denoising step, then the result."""
@@ -84,7 +84,7 @@ class ImageRuntime:
             finally:
                 events.put(None)
 
-        done = self.pipeline_thread.submit(produce)
+        done = self.model_thread.submit(produce)
         try:
             while (event := events.get()) is not None:
                 if isinstance(event, BaseException):
